@@ -1,0 +1,160 @@
+//! nhi-sensor's kernel programs. Each entry point is a thin wrapper that calls the logic in its
+//! module and turns the result into the hook's return value; the loader in `sensor/src/ebpf.rs`
+//! chooses which of them to attach on this kernel.
+#![no_std]
+#![no_main]
+// `atomic_xadd`: core's atomic types offer no fetch_add on the BPF target, the instruction exists.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+mod emit;
+mod file;
+mod kread;
+mod maps;
+mod net;
+mod path;
+mod process;
+mod scratch;
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, cgroup_sock_addr, fentry, lsm, raw_tracepoint, tracepoint},
+    programs::{
+        BtfTracePointContext, FEntryContext, LsmContext, RawTracePointContext, SockAddrContext,
+        TracePointContext,
+    },
+};
+
+// ---- process lifecycle (raw tracepoints: since 4.17, no BTF needed) ----
+
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
+    let _ = process::exec(&ctx);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
+    let _ = process::fork(&ctx);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    let _ = process::exit(&ctx);
+    0
+}
+
+// ---- credential changes (one enter/exit pair attached to every set*id syscall) ----
+
+#[tracepoint]
+pub fn cred_enter(ctx: TracePointContext) -> u32 {
+    let _ = process::cred_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn cred_exit(ctx: TracePointContext) -> u32 {
+    let _ = process::cred_exit(&ctx);
+    0
+}
+
+// ---- files ----
+
+/// Attached to `sys_exit_open`, `sys_exit_openat` and `sys_exit_openat2`.
+#[tracepoint]
+pub fn file_open_exit(ctx: TracePointContext) -> u32 {
+    let _ = file::open_exit(&ctx);
+    0
+}
+
+/// Attached to the enter tracepoints of `read`, `readv`, `pread64`, `preadv`, `preadv2`.
+#[tracepoint]
+pub fn file_read_enter(ctx: TracePointContext) -> u32 {
+    let _ = file::read_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn file_read_exit(ctx: TracePointContext) -> u32 {
+    let _ = file::read_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+pub fn file_close_enter(ctx: TracePointContext) -> u32 {
+    let _ = file::close_enter(&ctx);
+    0
+}
+
+// ---- network ----
+
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    net::connect(&ctx, false);
+    1
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    net::connect(&ctx, true);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    net::sendmsg(&ctx, false);
+    1
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    net::sendmsg(&ctx, true);
+    1
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+pub fn net_connect_exit(ctx: TracePointContext) -> u32 {
+    let _ = net::connect_exit(&ctx);
+    0
+}
+
+#[tracepoint(category = "sock", name = "inet_sock_set_state")]
+pub fn net_tcp_state(ctx: TracePointContext) -> u32 {
+    let _ = net::tcp_state(&ctx);
+    0
+}
+
+/// Attached to `sys_exit_accept` and `sys_exit_accept4`.
+#[tracepoint]
+pub fn net_accept_exit(ctx: TracePointContext) -> u32 {
+    let _ = net::accept_exit(&ctx);
+    0
+}
+
+// ---- capability probes: `nhi-sensor check` loads these to learn whether this kernel allows a
+// program type. They do nothing and are never attached. ----
+
+#[lsm(hook = "file_open")]
+pub fn probe_lsm(_ctx: LsmContext) -> i32 {
+    0
+}
+
+#[fentry(function = "security_file_open")]
+pub fn probe_fentry(_ctx: FEntryContext) -> u32 {
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn probe_tp_btf(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

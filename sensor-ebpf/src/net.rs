@@ -1,0 +1,264 @@
+//! Connections: outbound connects and UDP flows from the cgroup `sock_addr` hooks (process
+//! context, exact attribution), TCP outcomes from `sock:inet_sock_set_state`, synchronous connect
+//! failures from `sys_exit_connect`, and inbound accepts from `sys_exit_accept{,4}`.
+
+use aya_ebpf::{
+    helpers::generated::bpf_get_socket_cookie,
+    programs::{SockAddrContext, TracePointContext},
+};
+use sensor_common::{
+    Counter, EventKind, NetAcceptEvent, NetConnectEvent, NetResultEvent, RESULT_ESTABLISHED,
+    RESULT_FAILED, SockAddr, UdpFlowKey,
+};
+
+use crate::{
+    emit::{count, header, output_value},
+    kread::{current_task, fd_to_file, fill_current, off, read, read_ptr, sensor_tgid},
+    maps::{CONNECT_SYSCALLS, EVENT_SCRATCH, PENDING_CONNECTS, UDP_FLOWS},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u32 = 6;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const TCP_CLOSE: i32 = 7;
+const EINPROGRESS: i64 = 115;
+
+/// Reads one `u32` field of the `bpf_sock_addr` context. The verifier only accepts loads at a
+/// constant offset from the unmodified context pointer, so every field is one volatile load.
+macro_rules! ctx_u32 {
+    ($ctx:expr, $($field:tt)+) => {
+        unsafe { core::ptr::read_volatile(&raw const (*$ctx.sock_addr).$($field)+) }
+    };
+}
+
+/// The destination a `connect`/`sendmsg` is about to use.
+#[inline(always)]
+fn user_dst(ctx: &SockAddrContext, v6: bool) -> SockAddr {
+    let mut dst = SockAddr {
+        port: u16::from_be(ctx_u32!(ctx, user_port) as u16),
+        ..SockAddr::default()
+    };
+    if v6 {
+        dst.family = AF_INET6;
+        let w0 = ctx_u32!(ctx, user_ip6[0]).to_ne_bytes();
+        let w1 = ctx_u32!(ctx, user_ip6[1]).to_ne_bytes();
+        let w2 = ctx_u32!(ctx, user_ip6[2]).to_ne_bytes();
+        let w3 = ctx_u32!(ctx, user_ip6[3]).to_ne_bytes();
+        dst.addr = [
+            w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3],
+            w3[0], w3[1], w3[2], w3[3],
+        ];
+    } else {
+        dst.family = AF_INET;
+        let b = ctx_u32!(ctx, user_ip4).to_ne_bytes();
+        dst.addr[..4].copy_from_slice(&b);
+    }
+    dst
+}
+
+#[inline(always)]
+fn emit_connect(ctx: &SockAddrContext, kind: EventKind, cookie: u64, dst: SockAddr) {
+    let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::DropNoScratch);
+        return;
+    };
+    let protocol = ctx_u32!(ctx, protocol);
+    let sock_type = ctx_u32!(ctx, type_);
+    let ev = unsafe { &mut *(buf as *mut NetConnectEvent) };
+    ev.header = header(kind, core::mem::size_of::<NetConnectEvent>());
+    fill_current(&mut ev.task);
+    ev.cookie = cookie;
+    ev.dst = dst;
+    ev.protocol = protocol;
+    ev.sock_type = sock_type;
+    output_value(ev);
+}
+
+/// `cgroup/connect4` and `cgroup/connect6`. Always allows the connect (returns 1).
+pub fn connect(ctx: &SockAddrContext, v6: bool) {
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == sensor_tgid() {
+        return;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let dst = user_dst(ctx, v6);
+    emit_connect(ctx, EventKind::NetConnect, cookie, dst);
+    if ctx_u32!(ctx, protocol) == IPPROTO_TCP {
+        if PENDING_CONNECTS.insert(&cookie, &0, 0).is_err() {
+            count(Counter::DropMapFull);
+        }
+        if CONNECT_SYSCALLS.insert(&(pid_tgid as u32), &cookie, 0).is_err() {
+            count(Counter::DropMapFull);
+        }
+    }
+}
+
+/// `cgroup/sendmsg4` and `cgroup/sendmsg6`: UDP datagrams with an explicit destination, reported
+/// once per (socket, destination).
+pub fn sendmsg(ctx: &SockAddrContext, v6: bool) {
+    if (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32 == sensor_tgid() {
+        return;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    let dst = user_dst(ctx, v6);
+    let key = UdpFlowKey { cookie, dst };
+    if unsafe { UDP_FLOWS.get(&key) }.is_some() {
+        count(Counter::UdpDeduped);
+        return;
+    }
+    if UDP_FLOWS.insert(&key, &0, 0).is_err() {
+        count(Counter::DropMapFull);
+    }
+    emit_connect(ctx, EventKind::NetUdpSend, cookie, dst);
+}
+
+/// `syscalls:sys_exit_connect`: a TCP connect that failed before it sent a SYN (no route,
+/// refused by policy, ...) never reaches `inet_sock_set_state`.
+pub fn connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    let Some(cookie) = (unsafe { CONNECT_SYSCALLS.get(&tid) }).copied() else {
+        return Ok(());
+    };
+    let _ = CONNECT_SYSCALLS.remove(&tid);
+    let ret: i64 = unsafe { ctx.read_at(16) }?;
+    if ret >= 0 || ret == -EINPROGRESS {
+        return Ok(());
+    }
+    // Still pending means the state machine never reported on it.
+    if unsafe { PENDING_CONNECTS.get(&cookie) }.is_none() {
+        return Ok(());
+    }
+    let _ = PENDING_CONNECTS.remove(&cookie);
+    let ev = NetResultEvent {
+        header: header(EventKind::NetConnectResult, core::mem::size_of::<NetResultEvent>()),
+        cookie,
+        result: RESULT_FAILED,
+        error: (-ret) as u32,
+        ..NetResultEvent::default()
+    };
+    output_value(&ev);
+    Ok(())
+}
+
+/// Tracepoint record layout of `sock:inet_sock_set_state` (stable since 4.16).
+mod set_state {
+    pub const SKADDR: usize = 8;
+    pub const OLDSTATE: usize = 16;
+    pub const NEWSTATE: usize = 20;
+    pub const SPORT: usize = 24;
+    pub const DPORT: usize = 26;
+    pub const FAMILY: usize = 28;
+    pub const PROTOCOL: usize = 30;
+    pub const SADDR: usize = 32;
+    pub const DADDR: usize = 36;
+    pub const SADDR_V6: usize = 40;
+    pub const DADDR_V6: usize = 56;
+}
+
+/// `sock:inet_sock_set_state`: SYN_SENT → ESTABLISHED or CLOSE is the outcome of a connect we
+/// reported. Runs in softirq context, so it carries no process: userspace joins by cookie.
+pub fn tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
+    let old: i32 = unsafe { ctx.read_at(set_state::OLDSTATE) }?;
+    if old != TCP_SYN_SENT {
+        return Ok(());
+    }
+    let new: i32 = unsafe { ctx.read_at(set_state::NEWSTATE) }?;
+    if new != TCP_ESTABLISHED && new != TCP_CLOSE {
+        return Ok(());
+    }
+    let protocol: u16 = unsafe { ctx.read_at(set_state::PROTOCOL) }?;
+    if protocol as u32 != IPPROTO_TCP {
+        return Ok(());
+    }
+    let sk: u64 = unsafe { ctx.read_at(set_state::SKADDR) }?;
+    let cookie = read::<u64>(sk, off!(sk_cookie)).unwrap_or(0);
+    if cookie == 0 || unsafe { PENDING_CONNECTS.get(&cookie) }.is_none() {
+        return Ok(());
+    }
+    let _ = PENDING_CONNECTS.remove(&cookie);
+    let family: u16 = unsafe { ctx.read_at(set_state::FAMILY) }?;
+    let mut ev = NetResultEvent {
+        header: header(EventKind::NetConnectResult, core::mem::size_of::<NetResultEvent>()),
+        cookie,
+        ..NetResultEvent::default()
+    };
+    ev.src.family = family;
+    ev.dst.family = family;
+    ev.src.port = unsafe { ctx.read_at::<u16>(set_state::SPORT) }?;
+    ev.dst.port = unsafe { ctx.read_at::<u16>(set_state::DPORT) }?;
+    if family == AF_INET6 {
+        ev.src.addr = unsafe { ctx.read_at::<[u8; 16]>(set_state::SADDR_V6) }?;
+        ev.dst.addr = unsafe { ctx.read_at::<[u8; 16]>(set_state::DADDR_V6) }?;
+    } else {
+        let s = unsafe { ctx.read_at::<[u8; 4]>(set_state::SADDR) }?;
+        let d = unsafe { ctx.read_at::<[u8; 4]>(set_state::DADDR) }?;
+        ev.src.addr[..4].copy_from_slice(&s);
+        ev.dst.addr[..4].copy_from_slice(&d);
+    }
+    if new == TCP_ESTABLISHED {
+        ev.result = RESULT_ESTABLISHED;
+    } else {
+        ev.result = RESULT_FAILED;
+        ev.error = read::<i32>(sk, off!(sk_err)).unwrap_or(0) as u32;
+    }
+    output_value(&ev);
+    Ok(())
+}
+
+/// `syscalls:sys_exit_accept{,4}`: an inbound connection handed to a process.
+pub fn accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == sensor_tgid() {
+        return Ok(());
+    }
+    let ret: i64 = unsafe { ctx.read_at(16) }?;
+    if ret < 0 {
+        return Ok(());
+    }
+    let file = fd_to_file(current_task(), ret as u64);
+    let socket = read_ptr(file, off!(file_private_data))?;
+    if read_ptr(socket, off!(socket_file))? != file {
+        return Ok(());
+    }
+    let sk = read_ptr(socket, off!(socket_sk))?;
+    let family = read::<u16>(sk, off!(sk_family))?;
+    if family != AF_INET && family != AF_INET6 {
+        return Ok(());
+    }
+    let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::DropNoScratch);
+        return Ok(());
+    };
+    let ev = unsafe { &mut *(buf as *mut NetAcceptEvent) };
+    ev.header = header(EventKind::NetAccept, core::mem::size_of::<NetAcceptEvent>());
+    ev.local = SockAddr {
+        family,
+        port: read::<u16>(sk, off!(sk_num)).unwrap_or(0),
+        ..SockAddr::default()
+    };
+    ev.remote = SockAddr {
+        family,
+        port: u16::from_be(read::<u16>(sk, off!(sk_dport)).unwrap_or(0)),
+        ..SockAddr::default()
+    };
+    if family == AF_INET6 {
+        ev.local.addr = read::<[u8; 16]>(sk, off!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
+        ev.remote.addr = read::<[u8; 16]>(sk, off!(sk_v6_daddr)).unwrap_or([0; 16]);
+    } else {
+        let l = read::<[u8; 4]>(sk, off!(sk_rcv_saddr)).unwrap_or([0; 4]);
+        let r = read::<[u8; 4]>(sk, off!(sk_daddr)).unwrap_or([0; 4]);
+        ev.local.addr[..4].copy_from_slice(&l);
+        ev.remote.addr[..4].copy_from_slice(&r);
+    }
+    ev.fd = ret as i32;
+    ev.protocol = if off!(sk_protocol_size) == 1 {
+        read::<u8>(sk, off!(sk_protocol)).unwrap_or(0) as u32
+    } else {
+        read::<u16>(sk, off!(sk_protocol)).unwrap_or(0) as u32
+    };
+    fill_current(&mut ev.task);
+    output_value(ev);
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! Start-up (privileges, tracefs, BTF offsets, load, rules, attach, /proc scan), the ring-buffer
+//! drain thread, the event loop and an orderly shutdown.
+
+use std::{
+    io::{BufWriter, Write as _},
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Btf, Ebpf,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+
+use crate::{
+    btf_offsets,
+    cli::{CheckArgs, KernelArgs, RunArgs},
+    decode::{self, DecodeError, KernelEvent},
+    ebpf, hooks,
+    pipeline::{Pipeline, PipelineParts},
+    process_table::ProcessTable,
+    procfs,
+    rules::RuleSet,
+};
+
+/// A loaded and attached sensor. Dropping it detaches every program.
+pub struct Attached {
+    pub ebpf: Ebpf,
+    pub reports: Vec<hooks::JobReport>,
+}
+
+/// Fails early, naming what is missing, when this process cannot load programs.
+fn check_privileges() -> anyhow::Result<()> {
+    let privs = procfs::own_privileges().context("reading our own capabilities")?;
+    let missing = privs.missing_for_sensor();
+    let fatal: Vec<&str> = missing
+        .iter()
+        .copied()
+        .filter(|c| matches!(*c, "CAP_BPF" | "CAP_PERFMON" | "CAP_NET_ADMIN"))
+        .collect();
+    if !fatal.is_empty() {
+        bail!(
+            "nhi-sensor needs {} to load and attach its eBPF programs (running as uid {} without \
+             them); run it as root or grant these capabilities",
+            fatal.join(", "),
+            privs.euid
+        );
+    }
+    if !missing.is_empty() {
+        tracing::warn!(
+            missing = %missing.join(", "),
+            "some capabilities are missing: processes of other users may not be fully described"
+        );
+    }
+    Ok(())
+}
+
+/// Loads the object, installs the rules and attaches the best hook for every job.
+pub fn attach(kernel: &KernelArgs, rules: &RuleSet) -> anyhow::Result<Attached> {
+    check_privileges()?;
+    let tracefs = procfs::ensure_tracefs().context("tracefs is needed for tracepoints")?;
+    tracing::debug!(tracefs = %tracefs.display(), "tracefs");
+    let cgroup_root = procfs::cgroup2_root()?;
+    let resolved = btf_offsets::resolve(&kernel.btf)?;
+    if !resolved.missing_optional.is_empty() {
+        tracing::info!(
+            missing = ?resolved.missing_optional,
+            "this kernel lacks some optional fields; the events will not carry them"
+        );
+    }
+    let btf = Btf::parse_file(&kernel.btf, aya::Endianness::default())
+        .with_context(|| format!("parsing kernel BTF {}", kernel.btf.display()))?;
+    let ring_bytes = kernel
+        .ring_mib
+        .checked_mul(1 << 20)
+        .context("--ring-mib is too large")?;
+    let mut ebpf = ebpf::load(&ebpf::LoadOptions {
+        offsets: &resolved.offsets,
+        ring_bytes,
+    })?;
+    rules.install(&mut ebpf)?;
+    let reports = hooks::attach_all(&mut ebpf, &btf, &cgroup_root)?;
+    Ok(Attached { ebpf, reports })
+}
+
+pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
+    let attached = attach(&args.kernel, &RuleSet::default())?;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "kernel {}", kernel.trim())?;
+    write!(out, "{}", hooks::render(&attached.reports))?;
+    writeln!(out, "ok: this kernel can run nhi-sensor")?;
+    Ok(())
+}
+
+type Batch = Vec<Result<KernelEvent, DecodeError>>;
+
+/// Drains the ring buffer on a dedicated thread, so a slow consumer never delays the poll that
+/// frees ring space. Decoded batches go to the event loop; when the loop falls behind the
+/// bounded channel pushes back, the ring fills, and the kernel counts what it could not write.
+fn spawn_drain(
+    mut ring: RingBuf<MapData>,
+    tx: mpsc::Sender<Batch>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("ringbuf-drain".into())
+        .spawn(move || {
+            let fd = ring.as_raw_fd();
+            loop {
+                let stopping = stop.load(Ordering::Acquire);
+                let mut batch = Vec::new();
+                while let Some(item) = ring.next() {
+                    batch.push(decode::decode(&item));
+                    if batch.len() >= 1024 {
+                        if tx.blocking_send(std::mem::take(&mut batch)).is_err() {
+                            return;
+                        }
+                    }
+                }
+                if !batch.is_empty() && tx.blocking_send(batch).is_err() {
+                    return;
+                }
+                if stopping {
+                    return;
+                }
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd. 100 ms bounds how long a stop request waits.
+                unsafe { libc::poll(&mut pfd, 1, 100) };
+            }
+        })
+        .expect("spawning the ring-buffer thread")
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        format: _,
+        watch,
+        watch_name,
+        no_default_rules,
+        kernel,
+        stats_interval,
+        connect_wait_ms,
+    } = args;
+    let rules = RuleSet::from_args(&watch, &watch_name, !no_default_rules)?;
+    let boot_id = procfs::boot_id()?;
+    let mut attached = attach(&kernel, &rules)?;
+
+    // Processes that started before us: known before the first event is processed.
+    let mut table = ProcessTable::new(boot_id);
+    table.load_snapshots(procfs::scan_processes());
+    tracing::info!(processes = table.len(), "initial /proc scan done");
+
+    let ring = RingBuf::try_from(attached.ebpf.take_map("EVENTS").context("EVENTS map")?)?;
+    let watched_fds: BpfHashMap<MapData, _, _> =
+        BpfHashMap::try_from(attached.ebpf.take_map("WATCHED_FDS").context("WATCHED_FDS map")?)?;
+    let counters_map: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(attached.ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
+    let cgroups = procfs::CgroupPaths::new(procfs::cgroup2_root()?);
+
+    let stdout = std::io::stdout();
+    let mut pipeline = Pipeline::new(
+        BufWriter::with_capacity(1 << 16, stdout.lock()),
+        PipelineParts {
+            table,
+            cgroups,
+            rules,
+            watched_fds,
+            counters_map,
+            connect_wait: Duration::from_millis(connect_wait_ms),
+        },
+    );
+
+    let (tx, mut rx) = mpsc::channel::<Batch>(64);
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = spawn_drain(ring, tx, stop.clone());
+
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    // 250 ms: connect outcomes are checked for lateness at this granularity.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let stats_every = Duration::from_secs(stats_interval);
+    let mut last_stats = tokio::time::Instant::now();
+    tracing::info!("sensor ready");
+
+    let result: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                batch = rx.recv() => {
+                    let Some(batch) = batch else { break };
+                    handle_batch(&mut pipeline, batch)?;
+                    pipeline.flush()?;
+                }
+                _ = tick.tick() => {
+                    let periodic = stats_interval > 0 && last_stats.elapsed() >= stats_every;
+                    pipeline.tick(periodic)?;
+                    if periodic {
+                        last_stats = tokio::time::Instant::now();
+                        pipeline.stats(false)?;
+                    }
+                    pipeline.flush()?;
+                }
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break }
+                _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break }
+            }
+        }
+        Ok(())
+    }
+    .await;
+
+    // Drain what the kernel already wrote, then report and detach.
+    stop.store(true, Ordering::Release);
+    while let Some(batch) = rx.recv().await {
+        handle_batch(&mut pipeline, batch)?;
+    }
+    let _ = drain.join();
+    pipeline.flush_pending()?;
+    pipeline.stats(true)?;
+    drop(attached);
+    tracing::info!("programs detached");
+    result
+}
+
+fn handle_batch<W: std::io::Write>(pipeline: &mut Pipeline<W>, batch: Batch) -> anyhow::Result<()> {
+    for item in batch {
+        match item {
+            Ok(ev) => pipeline
+                .handle(ev)
+                .context("writing events to stdout")?,
+            Err(e) => pipeline.decode_error(&e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! The command line. Every default is explained where it is defined.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nhi-sensor",
+    version,
+    about = "eBPF runtime sensor for non-human identities: which process, as whom, read which \
+             credential and connected where."
+)]
+pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info`, `nhi_sensor=debug`.
+    /// `info` shows start-up, hook choices, drops and shutdown without per-event noise.
+    #[arg(long, global = true, env = "NHI_SENSOR_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Load the programs, attach them and print events until SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Print which hooks this kernel offers for each job and which ones the sensor chooses.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// One JSON object per line (the documented event schema).
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Event output format on stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
+    pub format: OutputFormat,
+
+    /// Watch files under this path prefix (repeatable). A byte prefix of the canonical absolute
+    /// path: end it with `/` to mean "inside this directory".
+    #[arg(long = "watch", value_name = "PATH_PREFIX")]
+    pub watch: Vec<PathBuf>,
+
+    /// Watch files by name (repeatable): an exact name (`credentials`), a name prefix (`id_*`)
+    /// or a name suffix (`*.pem`).
+    #[arg(long = "watch-name", value_name = "PATTERN")]
+    pub watch_name: Vec<String>,
+
+    /// Do not load the built-in credential watch rules (only `--watch`/`--watch-name` apply).
+    #[arg(long)]
+    pub no_default_rules: bool,
+
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+
+    /// Seconds between `sensor.stats` events on stdout; 0 prints only the final one at exit.
+    /// 10 s is frequent enough to notice drops while a test or an operator watches.
+    #[arg(long, default_value_t = 10)]
+    pub stats_interval: u64,
+
+    /// How long a TCP connect may wait for its outcome before it is reported as `pending`
+    /// (its outcome then follows as `network.connect_result`). 2 s covers loopback and LAN
+    /// handshakes; a SYN that times out takes minutes.
+    #[arg(long, default_value_t = 2000)]
+    pub connect_wait_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct KernelArgs {
+    /// Kernel BTF used to resolve struct offsets.
+    #[arg(long, default_value = "/sys/kernel/btf/vmlinux")]
+    pub btf: PathBuf,
+
+    /// Ring buffer size in MiB (a power of two). 8 MiB holds ~30,000 typical events while
+    /// userspace catches up.
+    #[arg(long, default_value_t = 8)]
+    pub ring_mib: u32,
+}
