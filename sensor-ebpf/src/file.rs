@@ -5,9 +5,9 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, programs::TracePointContext};
 use sensor_common::{
-    CLOSE_SYSCALL, Counter, EventKind, FdKey, FdState, FileCloseEvent, FileOpenEvent,
-    NAME_KEY_LEN, PATH_TRUNCATED, PREFIX_KEY_LEN, PathInfo, Setting, WATCH_NAME,
-    WATCH_NAME_PREFIX, WATCH_NAME_SUFFIX, WATCH_PREFIX, WATCH_TRUNCATED,
+    CLOSE_SYSCALL, Counter, EventKind, FdKey, FdState, FileCloseEvent, FileOpenEvent, NAME_KEY_LEN,
+    PATH_TRUNCATED, PREFIX_KEY_LEN, PathInfo, Setting, WATCH_NAME, WATCH_NAME_PREFIX,
+    WATCH_NAME_SUFFIX, WATCH_PREFIX, WATCH_TRUNCATED,
 };
 
 use crate::{
@@ -26,7 +26,8 @@ const O_WRONLY: u32 = 0o1;
 const O_PATH: u32 = 0o10000000;
 /// Offsets in the `syscalls:sys_{enter,exit}_*` tracepoint records.
 const TP_SYSCALL_NR: usize = 8;
-const TP_ARG0: usize = 16;
+pub const TP_ARG0: usize = 16;
+pub const TP_ARG1: usize = 24;
 const TP_RET: usize = 16;
 
 #[inline(always)]
@@ -68,11 +69,14 @@ fn name_rules(ns: *mut NameScratch, dentry: u64) -> u32 {
     if len == 0 {
         return 0;
     }
-    let n = if len > NAME_KEY_LEN as u32 { NAME_KEY_LEN as u32 } else { len };
-    ns.name = [0; NAME_KEY_LEN];
-    let ret = unsafe {
-        bpf_probe_read_kernel(ns.name.as_mut_ptr().cast(), n & 0x7f, name as *const _)
+    let n = if len > NAME_KEY_LEN as u32 {
+        NAME_KEY_LEN as u32
+    } else {
+        len
     };
+    ns.name = [0; NAME_KEY_LEN];
+    let ret =
+        unsafe { bpf_probe_read_kernel(ns.name.as_mut_ptr().cast(), n & 0x7f, name as *const _) };
     if ret < 0 {
         return 0;
     }
@@ -113,13 +117,20 @@ fn name_rules(ns: *mut NameScratch, dentry: u64) -> u32 {
 #[inline(always)]
 fn match_prefix(ps: *mut PathScratch) -> u32 {
     let len = path::len(ps);
-    let n = if len > PREFIX_KEY_LEN as u32 { PREFIX_KEY_LEN as u32 } else { len };
+    let n = if len > PREFIX_KEY_LEN as u32 {
+        PREFIX_KEY_LEN as u32
+    } else {
+        len
+    };
     let start = path::start(ps);
     let ret = unsafe {
         bpf_probe_read_kernel(
             (&raw mut (*ps).prefix_key.data).cast(),
             n & 0x1ff,
-            (&raw const (*ps).buf).cast::<u8>().add(start as usize).cast(),
+            (&raw const (*ps).buf)
+                .cast::<u8>()
+                .add(start as usize)
+                .cast(),
         )
     };
     if ret < 0 {
@@ -227,7 +238,11 @@ pub fn open_exit(ctx: &TracePointContext) -> Result<(), i64> {
     ev.syscall_nr = unsafe { ctx.read_at::<i32>(TP_SYSCALL_NR) }.unwrap_or(-1) as u32;
     ev.matched = matched;
     let dst = unsafe { (buf as *mut u8).add(fixed) };
-    let src = unsafe { (&raw const (*ps).buf).cast::<u8>().add(path::start(ps) as usize) };
+    let src = unsafe {
+        (&raw const (*ps).buf)
+            .cast::<u8>()
+            .add(path::start(ps) as usize)
+    };
     let copied = unsafe { bpf_probe_read_kernel(dst.cast(), len & 0xfff, src.cast()) };
     if copied < 0 {
         count(Counter::DropReadError);
@@ -237,10 +252,11 @@ pub fn open_exit(ctx: &TracePointContext) -> Result<(), i64> {
     Ok(())
 }
 
-/// `syscalls:sys_enter_{read,readv,pread64,preadv,preadv2}`: remember reads on watched fds.
-pub fn read_enter(ctx: &TracePointContext) -> Result<(), i64> {
+/// `syscalls:sys_enter_*` of the syscalls that read from an fd: remember reads on watched fds.
+/// `fd_arg` is the record offset of the source fd argument.
+pub fn read_enter(ctx: &TracePointContext, fd_arg: usize) -> Result<(), i64> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    let fd: u64 = unsafe { ctx.read_at(TP_ARG0) }?;
+    let fd: u64 = unsafe { ctx.read_at(fd_arg) }?;
     let key = FdKey {
         tgid: (pid_tgid >> 32) as u32,
         fd: fd as u32,
@@ -252,7 +268,10 @@ pub fn read_enter(ctx: &TracePointContext) -> Result<(), i64> {
     if unsafe { (*state).file } != fd_to_file(current_task(), fd) {
         return Ok(());
     }
-    if INFLIGHT_READS.insert(&(pid_tgid as u32), &(fd as u32), 0).is_err() {
+    if INFLIGHT_READS
+        .insert(&(pid_tgid as u32), &(fd as u32), 0)
+        .is_err()
+    {
         count(Counter::DropMapFull);
     }
     Ok(())
@@ -315,6 +334,9 @@ pub fn close_enter(ctx: &TracePointContext) -> Result<(), i64> {
     ev.reads = state.reads;
     ev.dev = state.dev;
     ev.ino = state.ino;
-    output(buf as *const u8, core::mem::size_of::<FileCloseEvent>() as u64);
+    output(
+        buf as *const u8,
+        core::mem::size_of::<FileCloseEvent>() as u64,
+    );
     Ok(())
 }

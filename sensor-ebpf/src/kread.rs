@@ -147,7 +147,11 @@ pub fn fill_current(info: &mut TaskInfo) {
     info.start_ns = leader_start_ns(task);
     let parent = read_ptr(task, off!(task_real_parent)).unwrap_or(0);
     info.ppid = read::<u32>(parent, off!(task_tgid)).unwrap_or(0);
-    info.parent_start_ns = if parent != 0 { leader_start_ns(parent) } else { 0 };
+    info.parent_start_ns = if parent != 0 {
+        leader_start_ns(parent)
+    } else {
+        0
+    };
     info.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if read_creds(task, &mut info.creds).is_err() {
         info.flags |= TASK_CREDS_MISSING;

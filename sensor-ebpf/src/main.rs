@@ -6,6 +6,9 @@
 // `atomic_xadd`: core's atomic types offer no fetch_add on the BPF target, the instruction exists.
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
+// Map keys and values are passed by reference on purpose: several live in per-CPU scratch memory
+// and copying them by value would spend the 512-byte BPF stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod emit;
 mod file;
@@ -67,10 +70,18 @@ pub fn file_open_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Attached to the enter tracepoints of `read`, `readv`, `pread64`, `preadv`, `preadv2`.
+/// Attached to the enter tracepoints of the syscalls whose first argument is the fd read from:
+/// `read`, `readv`, `pread64`, `preadv`, `preadv2`, `splice`, `copy_file_range`.
 #[tracepoint]
 pub fn file_read_enter(ctx: TracePointContext) -> u32 {
-    let _ = file::read_enter(&ctx);
+    let _ = file::read_enter(&ctx, file::TP_ARG0);
+    0
+}
+
+/// `sendfile64(out_fd, in_fd, ...)`: the fd read from is the second argument.
+#[tracepoint(category = "syscalls", name = "sys_enter_sendfile64")]
+pub fn file_sendfile_enter(ctx: TracePointContext) -> u32 {
+    let _ = file::read_enter(&ctx, file::TP_ARG1);
     0
 }
 

@@ -89,7 +89,10 @@ pub fn connect(ctx: &SockAddrContext, v6: bool) {
         if PENDING_CONNECTS.insert(&cookie, &0, 0).is_err() {
             count(Counter::DropMapFull);
         }
-        if CONNECT_SYSCALLS.insert(&(pid_tgid as u32), &cookie, 0).is_err() {
+        if CONNECT_SYSCALLS
+            .insert(&(pid_tgid as u32), &cookie, 0)
+            .is_err()
+        {
             count(Counter::DropMapFull);
         }
     }
@@ -132,7 +135,10 @@ pub fn connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let _ = PENDING_CONNECTS.remove(&cookie);
     let ev = NetResultEvent {
-        header: header(EventKind::NetConnectResult, core::mem::size_of::<NetResultEvent>()),
+        header: header(
+            EventKind::NetConnectResult,
+            core::mem::size_of::<NetResultEvent>(),
+        ),
         cookie,
         result: RESULT_FAILED,
         error: (-ret) as u32,
@@ -180,7 +186,10 @@ pub fn tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
     let _ = PENDING_CONNECTS.remove(&cookie);
     let family: u16 = unsafe { ctx.read_at(set_state::FAMILY) }?;
     let mut ev = NetResultEvent {
-        header: header(EventKind::NetConnectResult, core::mem::size_of::<NetResultEvent>()),
+        header: header(
+            EventKind::NetConnectResult,
+            core::mem::size_of::<NetResultEvent>(),
+        ),
         cookie,
         ..NetResultEvent::default()
     };

@@ -27,9 +27,10 @@ macro_rules! get {
     };
 }
 macro_rules! set {
-    ($s:expr, $f:ident, $v:expr) => {
-        unsafe { core::ptr::write_volatile(&raw mut (*$s).$f, $v) }
-    };
+    ($s:expr, $f:ident, $v:expr) => {{
+        let v = $v;
+        unsafe { core::ptr::write_volatile(&raw mut (*$s).$f, v) }
+    }};
 }
 
 #[inline(always)]
@@ -87,9 +88,17 @@ fn step(s: *mut PathScratch) -> bool {
             return true;
         }
         let parent_vfsmnt = parent + off!(mount_mnt);
-        set!(s, dentry, read_ptr(mnt, off!(mount_mnt_mountpoint)).unwrap_or(0));
+        set!(
+            s,
+            dentry,
+            read_ptr(mnt, off!(mount_mnt_mountpoint)).unwrap_or(0)
+        );
         set!(s, vfsmnt, parent_vfsmnt);
-        set!(s, mnt_root, read_ptr(parent_vfsmnt, off!(vfsmount_mnt_root)).unwrap_or(0));
+        set!(
+            s,
+            mnt_root,
+            read_ptr(parent_vfsmnt, off!(vfsmount_mnt_root)).unwrap_or(0)
+        );
         return false;
     }
     let Ok(parent) = read_ptr(dentry, off!(dentry_d_parent)) else {
@@ -120,7 +129,11 @@ pub fn resolve(s: *mut PathScratch, dentry: u64, vfsmnt: u64, root_dentry: u64, 
     set!(s, vfsmnt, vfsmnt);
     set!(s, root_dentry, root_dentry);
     set!(s, root_mnt, root_mnt);
-    set!(s, mnt_root, read_ptr(vfsmnt, off!(vfsmount_mnt_root)).unwrap_or(0));
+    set!(
+        s,
+        mnt_root,
+        read_ptr(vfsmnt, off!(vfsmount_mnt_root)).unwrap_or(0)
+    );
     let mut finished = false;
     for _ in 0..PATH_MAX_DEPTH {
         if step(s) {

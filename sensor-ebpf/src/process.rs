@@ -52,7 +52,11 @@ pub fn exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         let (root_dentry, root_mnt) = path::task_root(task);
         path::resolve(ps, dentry, vfsmnt, root_dentry, root_mnt);
         plen = path::len(ps) & 0xfff;
-        let src = unsafe { (&raw const (*ps).buf).cast::<u8>().add(path::start(ps) as usize) };
+        let src = unsafe {
+            (&raw const (*ps).buf)
+                .cast::<u8>()
+                .add(path::start(ps) as usize)
+        };
         let dst = unsafe { (buf as *mut u8).add(fixed) };
         if unsafe { bpf_probe_read_kernel(dst.cast(), plen, src.cast()) } < 0 {
             plen = 0;
@@ -180,7 +184,10 @@ pub fn cred_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if ev.task.creds == old {
         return Ok(());
     }
-    ev.header = header(EventKind::CredChange, core::mem::size_of::<CredChangeEvent>());
+    ev.header = header(
+        EventKind::CredChange,
+        core::mem::size_of::<CredChangeEvent>(),
+    );
     ev.old = old;
     ev.syscall_nr = unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1) as u32;
     ev._pad = 0;

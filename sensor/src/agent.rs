@@ -70,7 +70,7 @@ pub fn attach(kernel: &KernelArgs, rules: &RuleSet) -> anyhow::Result<Attached> 
     let tracefs = procfs::ensure_tracefs().context("tracefs is needed for tracepoints")?;
     tracing::debug!(tracefs = %tracefs.display(), "tracefs");
     let cgroup_root = procfs::cgroup2_root()?;
-    let resolved = btf_offsets::resolve(&kernel.btf)?;
+    let resolved = btf_offsets::resolve_kernel_btf(&kernel.btf)?;
     if !resolved.missing_optional.is_empty() {
         tracing::info!(
             missing = ?resolved.missing_optional,
@@ -95,8 +95,15 @@ pub fn attach(kernel: &KernelArgs, rules: &RuleSet) -> anyhow::Result<Attached> 
 pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
     let attached = attach(&args.kernel, &RuleSet::default())?;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let privs = procfs::own_privileges()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "kernel {}", kernel.trim())?;
+    writeln!(
+        out,
+        "privileges: euid {}, effective capabilities {}",
+        privs.euid,
+        procfs::cap_names(privs.effective).join(",")
+    )?;
     write!(out, "{}", hooks::render(&attached.reports))?;
     writeln!(out, "ok: this kernel can run nhi-sensor")?;
     Ok(())
@@ -121,10 +128,9 @@ fn spawn_drain(
                 let mut batch = Vec::new();
                 while let Some(item) = ring.next() {
                     batch.push(decode::decode(&item));
-                    if batch.len() >= 1024 {
-                        if tx.blocking_send(std::mem::take(&mut batch)).is_err() {
-                            return;
-                        }
+                    if batch.len() >= 1024 && tx.blocking_send(std::mem::take(&mut batch)).is_err()
+                    {
+                        return;
                     }
                 }
                 if !batch.is_empty() && tx.blocking_send(batch).is_err() {
@@ -165,8 +171,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(processes = table.len(), "initial /proc scan done");
 
     let ring = RingBuf::try_from(attached.ebpf.take_map("EVENTS").context("EVENTS map")?)?;
-    let watched_fds: BpfHashMap<MapData, _, _> =
-        BpfHashMap::try_from(attached.ebpf.take_map("WATCHED_FDS").context("WATCHED_FDS map")?)?;
+    let watched_fds: BpfHashMap<MapData, _, _> = BpfHashMap::try_from(
+        attached
+            .ebpf
+            .take_map("WATCHED_FDS")
+            .context("WATCHED_FDS map")?,
+    )?;
     let counters_map: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(attached.ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
     let cgroups = procfs::CgroupPaths::new(procfs::cgroup2_root()?);
@@ -237,9 +247,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 fn handle_batch<W: std::io::Write>(pipeline: &mut Pipeline<W>, batch: Batch) -> anyhow::Result<()> {
     for item in batch {
         match item {
-            Ok(ev) => pipeline
-                .handle(ev)
-                .context("writing events to stdout")?,
+            Ok(ev) => pipeline.handle(ev).context("writing events to stdout")?,
             Err(e) => pipeline.decode_error(&e),
         }
     }

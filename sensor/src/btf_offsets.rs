@@ -41,13 +41,8 @@ pub struct ResolvedOffsets {
     pub missing_optional: Vec<&'static str>,
 }
 
-/// Resolves every [`KernelOffsets`] field from the running kernel's BTF ([`VMLINUX_BTF`]).
-pub fn resolve_running_kernel() -> Result<ResolvedOffsets> {
-    resolve_kernel_btf(Path::new(VMLINUX_BTF))
-}
-
 /// [`resolve`], explaining a missing file as a kernel built without BTF.
-fn resolve_kernel_btf(path: &Path) -> Result<ResolvedOffsets> {
+pub fn resolve_kernel_btf(path: &Path) -> Result<ResolvedOffsets> {
     // Only "not found" gets the kernel-config explanation; any other error (permissions, ...) is
     // reported as is by `resolve`.
     if let Err(err) = fs::metadata(path)
@@ -567,7 +562,9 @@ mod tests {
     /// [`resolve_running_kernel`], once for all tests (a debug build takes seconds).
     fn resolved() -> &'static ResolvedOffsets {
         static RESOLVED: OnceLock<ResolvedOffsets> = OnceLock::new();
-        RESOLVED.get_or_init(|| resolve_running_kernel().expect("resolving this kernel's offsets"))
+        RESOLVED.get_or_init(|| {
+            resolve_kernel_btf(Path::new(VMLINUX_BTF)).expect("resolving this kernel's offsets")
+        })
     }
 
     /// bpftool's reading of this machine's kernel BTF, once for all tests; `None` (with a

@@ -88,8 +88,8 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args, Clone)]
 pub struct KernelArgs {
-    /// Kernel BTF used to resolve struct offsets.
-    #[arg(long, default_value = "/sys/kernel/btf/vmlinux")]
+    /// Kernel BTF used to resolve struct offsets (the running kernel's own, by default).
+    #[arg(long, default_value = crate::btf_offsets::VMLINUX_BTF)]
     pub btf: PathBuf,
 
     /// Ring buffer size in MiB (a power of two). 8 MiB holds ~30,000 typical events while

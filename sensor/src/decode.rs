@@ -140,8 +140,7 @@ mod tests {
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a plain-data struct's bytes.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }
-            .to_vec()
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()) }.to_vec()
     }
 
     #[test]
@@ -163,17 +162,29 @@ mod tests {
 
     #[test]
     fn hostile_records_are_errors() {
-        assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::TooShort { .. })));
+        assert!(matches!(
+            decode(&[1, 2, 3]),
+            Err(DecodeError::TooShort { .. })
+        ));
         let mut header = EventHeader {
             kind: 9999,
             ..Default::default()
         };
-        assert_eq!(decode(&bytes_of(&header)).unwrap_err(), DecodeError::UnknownKind(9999));
+        assert_eq!(
+            decode(&bytes_of(&header)).unwrap_err(),
+            DecodeError::UnknownKind(9999)
+        );
         header.kind = EventKind::ProcessExec as u32;
-        assert!(matches!(decode(&bytes_of(&header)), Err(DecodeError::TooShort { .. })));
+        assert!(matches!(
+            decode(&bytes_of(&header)),
+            Err(DecodeError::TooShort { .. })
+        ));
         let mut ev = ExecEvent::default();
         ev.header.kind = EventKind::ProcessExec as u32;
         ev.args_len = u32::MAX;
-        assert!(matches!(decode(&bytes_of(&ev)), Err(DecodeError::PayloadOverrun { .. })));
+        assert!(matches!(
+            decode(&bytes_of(&ev)),
+            Err(DecodeError::PayloadOverrun { .. })
+        ));
     }
 }

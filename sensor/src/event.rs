@@ -339,12 +339,15 @@ mod tests {
         let (lossy, b64) = text_and_b64(b"/a\xff");
         assert_eq!(lossy, "/a\u{fffd}");
         assert_eq!(b64.as_deref(), Some("L2H/"));
-        assert_eq!(split_args(b"a\0b c\0\0d\0"), vec![b"a".to_vec(), b"b c".to_vec(), vec![], b"d".to_vec()]);
+        assert_eq!(
+            split_args(b"a\0b c\0\0d\0"),
+            vec![b"a".to_vec(), b"b c".to_vec(), vec![], b"d".to_vec()]
+        );
         assert!(split_args(b"").is_empty());
         assert_eq!(c_str(b"pts3\0\0"), "pts3");
         assert_eq!(dev_string((8 << 20) | 1), "8:1");
         let mapped = Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0x7f00, 1).octets();
-        assert_eq!(ip_of(10, &mapped).1, true);
+        assert!(ip_of(10, &mapped).1);
         assert_eq!(errno_name(111), "ECONNREFUSED");
         assert_eq!(cred_syscall_name(105), "setuid");
     }

@@ -166,7 +166,7 @@ const JOBS: &[Job] = &[
         required: false,
         candidates: &[Candidate {
             kind: HookKind::Tracepoint,
-            label: "tracepoint syscalls:sys_{enter,exit}_{read,readv,pread64,preadv,preadv2}, sys_enter_close",
+            label: "tracepoint syscalls:sys_{enter,exit}_{read,readv,pread64,preadv,preadv2,splice,copy_file_range,sendfile64}, sys_enter_close",
             attach: &[
                 Attach::Tracepoints {
                     program: "file_read_enter",
@@ -177,7 +177,14 @@ const JOBS: &[Job] = &[
                         "sys_enter_pread64",
                         "sys_enter_preadv",
                         "sys_enter_preadv2",
+                        "sys_enter_splice",
+                        "sys_enter_copy_file_range",
                     ],
+                },
+                Attach::Tracepoints {
+                    program: "file_sendfile_enter",
+                    category: "syscalls",
+                    names: &["sys_enter_sendfile64"],
                 },
                 Attach::Tracepoints {
                     program: "file_read_exit",
@@ -188,6 +195,9 @@ const JOBS: &[Job] = &[
                         "sys_exit_pread64",
                         "sys_exit_preadv",
                         "sys_exit_preadv2",
+                        "sys_exit_splice",
+                        "sys_exit_copy_file_range",
+                        "sys_exit_sendfile64",
                     ],
                 },
                 Attach::Tracepoints {
@@ -339,16 +349,13 @@ pub fn attach_all(
                         .map_err(|e| format!("{e:#}"))
                 }
             } else {
-                cand.attach
-                    .iter()
-                    .map(|a| match a {
-                        Attach::ProbeOnly { program } => probes
-                            .entry(program)
-                            .or_insert_with(|| probe(ebpf, btf, program))
-                            .clone(),
-                        _ => Ok(()),
-                    })
-                    .collect::<Result<(), String>>()
+                cand.attach.iter().try_for_each(|a| match a {
+                    Attach::ProbeOnly { program } => probes
+                        .entry(program)
+                        .or_insert_with(|| probe(ebpf, btf, program))
+                        .clone(),
+                    _ => Ok(()),
+                })
             };
             let chosen = implemented && !have_choice && outcome.is_ok();
             have_choice |= chosen;
@@ -367,7 +374,12 @@ pub fn attach_all(
                     .candidates
                     .iter()
                     .filter(|c| c.implemented)
-                    .filter_map(|c| c.outcome.as_ref().err().map(|e| format!("{}: {e}", c.label)))
+                    .filter_map(|c| {
+                        c.outcome
+                            .as_ref()
+                            .err()
+                            .map(|e| format!("{}: {e}", c.label))
+                    })
                     .collect();
                 if job.required {
                     anyhow::bail!(
@@ -385,7 +397,10 @@ pub fn attach_all(
     Ok(reports)
 }
 
-fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
+fn program_mut<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> anyhow::Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("program `{name}` is missing from the eBPF object"))
 }
@@ -398,7 +413,8 @@ fn attach_one(ebpf: &mut Ebpf, cgroup_root: &Path, attach: &Attach) -> anyhow::R
             names,
         } => {
             let prog: &mut TracePoint = program_mut(ebpf, program)?.try_into()?;
-            prog.load().with_context(|| format!("loading `{program}`"))?;
+            prog.load()
+                .with_context(|| format!("loading `{program}`"))?;
             let mut attached = 0;
             let mut last_err = None;
             for name in names {
@@ -420,7 +436,8 @@ fn attach_one(ebpf: &mut Ebpf, cgroup_root: &Path, attach: &Attach) -> anyhow::R
         }
         Attach::RawTracepoint { program, name } => {
             let prog: &mut RawTracePoint = program_mut(ebpf, program)?.try_into()?;
-            prog.load().with_context(|| format!("loading `{program}`"))?;
+            prog.load()
+                .with_context(|| format!("loading `{program}`"))?;
             prog.attach(name)
                 .with_context(|| format!("attaching raw tracepoint {name}"))?;
         }
@@ -429,7 +446,8 @@ fn attach_one(ebpf: &mut Ebpf, cgroup_root: &Path, attach: &Attach) -> anyhow::R
                 .with_context(|| format!("opening cgroup v2 root {}", cgroup_root.display()))?;
             for program in programs {
                 let prog: &mut CgroupSockAddr = program_mut(ebpf, program)?.try_into()?;
-                prog.load().with_context(|| format!("loading `{program}`"))?;
+                prog.load()
+                    .with_context(|| format!("loading `{program}`"))?;
                 // Since 5.7 aya attaches with a BPF link, which always coexists with other
                 // programs on the cgroup (the kernel rejects attach flags on link creation), and
                 // is detached when the sensor exits, even if it is killed.
@@ -451,9 +469,12 @@ fn probe(ebpf: &mut Ebpf, btf: &Btf, program: &str) -> Result<(), String> {
     let result = (|| -> anyhow::Result<()> {
         match program {
             "probe_lsm" => {
-                let active = std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
+                let active =
+                    std::fs::read_to_string("/sys/kernel/security/lsm").unwrap_or_default();
                 if !active.split(',').any(|l| l.trim() == "bpf") {
-                    anyhow::bail!("the BPF LSM is not active (`bpf` missing from /sys/kernel/security/lsm)");
+                    anyhow::bail!(
+                        "the BPF LSM is not active (`bpf` missing from /sys/kernel/security/lsm)"
+                    );
                 }
                 let prog: &mut Lsm = program_mut(ebpf, program)?.try_into()?;
                 prog.load("file_open", btf)?;
@@ -492,7 +513,14 @@ pub fn render(reports: &[JobReport]) -> String {
                 (Ok(()), false) => "kernel allows it; not implemented in this build".to_string(),
                 (Err(e), _) => format!("unavailable: {e}"),
             };
-            let _ = writeln!(out, "  [{}] {:<16} {} — {}", if c.chosen { "x" } else { " " }, c.kind.to_string(), c.label, status);
+            let _ = writeln!(
+                out,
+                "  [{}] {:<16} {} — {}",
+                if c.chosen { "x" } else { " " },
+                c.kind.to_string(),
+                c.label,
+                status
+            );
         }
         if job.chosen().is_none() {
             let _ = writeln!(out, "  => no usable hook: this job is disabled");

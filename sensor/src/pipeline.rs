@@ -271,10 +271,8 @@ impl<W: Write> Pipeline<W> {
                     signal: ev.exit_code & 0x7f,
                 });
                 self.emit(&out)?;
-                self.table.on_exit(
-                    ev.task.tgid,
-                    procfs::start_ticks_from_ns(ev.task.start_ns),
-                );
+                self.table
+                    .on_exit(ev.task.tgid, procfs::start_ticks_from_ns(ev.task.start_ns));
             }
             KernelEvent::CredChange(ev) => {
                 let mut out = self.new_event("process.cred_change", ev.header.boot_ns);
@@ -301,7 +299,15 @@ impl<W: Write> Pipeline<W> {
                     .map(|f| f.path);
                 let mut out = self.new_event("file.close", ev.header.boot_ns);
                 out.process = Some(self.process(&ev.task));
-                out.file = Some(close_file(path.as_deref(), ev.fd, ev.dev, ev.ino, ev.bytes_read, ev.reads, "close"));
+                out.file = Some(close_file(
+                    path.as_deref(),
+                    ev.fd,
+                    ev.dev,
+                    ev.ino,
+                    ev.bytes_read,
+                    ev.reads,
+                    "close",
+                ));
                 self.emit(&out)?;
             }
             KernelEvent::Connect(ev) => {
@@ -362,7 +368,11 @@ impl<W: Write> Pipeline<W> {
                 let mut out = self.new_event("network.accept", ev.header.boot_ns);
                 out.process = Some(self.process(&ev.task));
                 out.network = Some(Network {
-                    protocol: if ev.protocol == libc::IPPROTO_TCP as u32 { "tcp" } else { "other" },
+                    protocol: if ev.protocol == libc::IPPROTO_TCP as u32 {
+                        "tcp"
+                    } else {
+                        "other"
+                    },
                     family: family_name(ev.local.family),
                     direction: "inbound",
                     src: Some(Endpoint {
@@ -384,7 +394,11 @@ impl<W: Write> Pipeline<W> {
         Ok(())
     }
 
-    fn file_open(&mut self, ev: sensor_common::FileOpenEvent, path: Vec<u8>) -> std::io::Result<()> {
+    fn file_open(
+        &mut self,
+        ev: sensor_common::FileOpenEvent,
+        path: Vec<u8>,
+    ) -> std::io::Result<()> {
         let truncated = ev.path.flags & PATH_TRUNCATED != 0;
         let mut matched = self.rules.matches(&path, truncated);
         if ev.matched & WATCH_TRUNCATED != 0 {
@@ -424,11 +438,13 @@ impl<W: Write> Pipeline<W> {
             ino: ev.ino,
             mode: (ev.mode != 0).then(|| format!("0{:o}", ev.mode)),
             flags: Some(ev.open_flags),
-            access: Some(if ev.open_flags & libc::O_ACCMODE as u32 == libc::O_RDWR as u32 {
-                "read_write"
-            } else {
-                "read"
-            }),
+            access: Some(
+                if ev.open_flags & libc::O_ACCMODE as u32 == libc::O_RDWR as u32 {
+                    "read_write"
+                } else {
+                    "read"
+                },
+            ),
             fd: (ev.ret >= 0).then_some(ev.ret),
             error: (ev.ret < 0).then(|| Errno::new((-ev.ret) as u32)),
             matched: Some(matched),
@@ -488,7 +504,12 @@ impl<W: Write> Pipeline<W> {
     }
 
     /// Reports the bytes read through watched fds still open when their process exited.
-    fn close_on_exit(&mut self, tgid: u32, boot_ns: u64, process: &event::Process) -> std::io::Result<()> {
+    fn close_on_exit(
+        &mut self,
+        tgid: u32,
+        boot_ns: u64,
+        process: &event::Process,
+    ) -> std::io::Result<()> {
         let Some(fds) = self.open_fds.remove(&tgid) else {
             return Ok(());
         };
@@ -500,7 +521,15 @@ impl<W: Write> Pipeline<W> {
             let _ = self.watched_fds.remove(&key);
             let mut out = self.new_event("file.close", boot_ns);
             out.process = Some(process.clone());
-            out.file = Some(close_file(Some(&f.path), fd as i32, f.dev, f.ino, state.bytes_read, state.reads, "exit"));
+            out.file = Some(close_file(
+                Some(&f.path),
+                fd as i32,
+                f.dev,
+                f.ino,
+                state.bytes_read,
+                state.reads,
+                "exit",
+            ));
             self.emit(&out)?;
         }
         Ok(())
@@ -538,8 +567,13 @@ impl<W: Write> Pipeline<W> {
         let mut updates = Vec::new();
         for (tgid, fds) in &mut self.open_fds {
             for (fd, f) in fds.iter_mut() {
-                if let Ok(state) = self.watched_fds.get(&FdKey { tgid: *tgid, fd: *fd }, 0)
-                    && state.bytes_read != f.reported_bytes
+                if let Ok(state) = self.watched_fds.get(
+                    &FdKey {
+                        tgid: *tgid,
+                        fd: *fd,
+                    },
+                    0,
+                ) && state.bytes_read != f.reported_bytes
                 {
                     f.reported_bytes = state.bytes_read;
                     updates.push((*tgid, *fd, f.path.clone(), f.dev, f.ino, state));
@@ -552,7 +586,15 @@ impl<W: Write> Pipeline<W> {
             if let Some(e) = self.table_entry_process(tgid) {
                 out.process = Some(e);
             }
-            out.file = Some(close_file(Some(&path), fd as i32, dev, ino, state.bytes_read, state.reads, "progress"));
+            out.file = Some(close_file(
+                Some(&path),
+                fd as i32,
+                dev,
+                ino,
+                state.bytes_read,
+                state.reads,
+                "progress",
+            ));
             self.emit(&out)?;
         }
         Ok(())

@@ -134,7 +134,13 @@ impl ProcessTable {
         self.by_pid.insert(child.0, entry);
     }
 
-    pub fn on_exec(&mut self, pid: u32, start_ticks: u64, exe: Option<Vec<u8>>, argv: Vec<Vec<u8>>) {
+    pub fn on_exec(
+        &mut self,
+        pid: u32,
+        start_ticks: u64,
+        exe: Option<Vec<u8>>,
+        argv: Vec<Vec<u8>>,
+    ) {
         let key = self.key(pid, start_ticks);
         let entry = self.by_pid.entry(pid).or_insert_with(|| ProcEntry {
             pid,
@@ -184,8 +190,10 @@ impl ProcessTable {
     /// Drops processes that exited more than [`EXITED_GRACE`] ago.
     pub fn reap(&mut self) {
         let now = Instant::now();
-        self.by_pid
-            .retain(|_, e| e.exited.is_none_or(|t| now.duration_since(t) < EXITED_GRACE));
+        self.by_pid.retain(|_, e| {
+            e.exited
+                .is_none_or(|t| now.duration_since(t) < EXITED_GRACE)
+        });
     }
 }
 
@@ -198,7 +206,10 @@ mod tests {
         let mut t = ProcessTable::new("boot".into());
         t.on_exec(100, 5, Some(b"/bin/sh".to_vec()), vec![b"sh".to_vec()]);
         t.on_fork((100, 5), (200, 7));
-        assert_eq!(t.get_or_load(200, 7).unwrap().exe.as_deref(), Some(&b"/bin/sh"[..]));
+        assert_eq!(
+            t.get_or_load(200, 7).unwrap().exe.as_deref(),
+            Some(&b"/bin/sh"[..])
+        );
         t.on_exec(200, 7, Some(b"/bin/cat".to_vec()), vec![b"cat".to_vec()]);
         let a = t.ancestry(200, 7);
         assert_eq!(a[0].pid, 200);

@@ -143,7 +143,7 @@ pub struct ProcSnapshot {
     pub loginuid: Option<u32>,
     /// Audit session id; `None` when unset (4294967295) or unreadable.
     pub sessionid: Option<u32>,
-    /// Controlling terminal device number (`/proc/<pid>/stat` field 7); see [`tty_name`].
+    /// Controlling terminal device number (`/proc/<pid>/stat` field 7).
     pub tty_nr: u32,
     /// Cgroup v2 path from the `0::` line of `/proc/<pid>/cgroup` (relative to the reader's
     /// cgroup namespace root); `None` when there is no such line.
@@ -769,7 +769,12 @@ const CGROUP_MAX_DEPTH: usize = 32;
 pub struct CgroupPaths {
     root: PathBuf,
     cache: HashMap<u64, PathBuf>,
+    last_scan: Option<std::time::Instant>,
 }
+
+/// Minimum time between two walks of the cgroup tree on cache misses. Containers start in
+/// bursts; one walk per second keeps new cgroups resolvable within a second at bounded cost.
+const CGROUP_RESCAN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl CgroupPaths {
     /// A resolver for the cgroup2 hierarchy mounted at `root` (see [`cgroup2_root`]). Nothing is
@@ -778,6 +783,7 @@ impl CgroupPaths {
         Self {
             root: root.into(),
             cache: HashMap::new(),
+            last_scan: None,
         }
     }
 
@@ -791,13 +797,17 @@ impl CgroupPaths {
         if let Some(path) = self.cache.get(&id) {
             return Some(path.clone());
         }
+        // An id that is not in the tree (a cgroup gone already, or one from another hierarchy)
+        // must not cost a walk per event: rescan at most once per RESCAN_INTERVAL.
+        if self
+            .last_scan
+            .is_some_and(|t| t.elapsed() < CGROUP_RESCAN_INTERVAL)
+        {
+            return None;
+        }
         self.cache = scan_cgroups(&self.root);
+        self.last_scan = Some(std::time::Instant::now());
         self.cache.get(&id).cloned()
-    }
-
-    /// Drops `id` from the cache, e.g. when the cgroup was removed.
-    pub fn forget(&mut self, id: u64) {
-        self.cache.remove(&id);
     }
 }
 
@@ -893,24 +903,6 @@ impl Users {
 // ---------------------------------------------------------------------------------------------
 // Terminals
 // ---------------------------------------------------------------------------------------------
-
-/// Name of the terminal a `/proc/<pid>/stat` `tty_nr` refers to, like `ps` shows it:
-/// `pts/N` (Unix98 ptys, majors 136..=143), `ttyN` (virtual consoles, major 4 minor < 64),
-/// `ttySN` (serial ports, major 4 minor >= 64), `tty(major:minor)` for anything else, and
-/// `None` when the process has no controlling terminal (`tty_nr == 0`).
-pub fn tty_name(tty_nr: u32) -> Option<String> {
-    if tty_nr == 0 {
-        return None;
-    }
-    let major = (tty_nr >> 8) & 0xfff;
-    let minor = (tty_nr & 0xff) | ((tty_nr >> 12) & 0xfff00);
-    Some(match major {
-        136..=143 => format!("pts/{}", minor + (major - 136) * 256),
-        4 if minor < 64 => format!("tty{minor}"),
-        4 => format!("ttyS{}", minor - 64),
-        _ => format!("tty({major}:{minor})"),
-    })
-}
 
 /// Turns a kernel `tty_struct` name into the `/dev`-relative name: `pts3` → `pts/3`; other
 /// names (`tty1`, `ttyS0`, `console`) are returned unchanged.
@@ -1255,14 +1247,16 @@ mod tests {
             Some(PathBuf::from("/"))
         );
         assert_eq!(paths.lookup(u64::MAX), None);
-        paths.forget(id);
-        assert!(!paths.cache.contains_key(&id));
+        // A miss right after a walk is answered from the cache, without a new walk.
+        assert!(paths.last_scan.is_some());
 
         // A nested cgroup with an awkward name, if we may create one.
         let top = root.join(format!("nhi-procfs-test {}", std::process::id()));
         let nested = top.join("in)ner");
         if fs::create_dir_all(&nested).is_ok() {
             let id = fs::metadata(&nested).map(|m| m.ino());
+            // Made within the rescan interval of the last walk: allow a new walk now.
+            paths.last_scan = None;
             let found = id.as_ref().ok().and_then(|&id| paths.lookup(id));
             let _ = fs::remove_dir(&nested);
             let _ = fs::remove_dir(&top);
@@ -1292,21 +1286,7 @@ mod tests {
 
     #[test]
     fn tty_names() {
-        assert_eq!(tty_name(0), None);
-        assert_eq!(tty_name(136 << 8), Some("pts/0".into()));
-        assert_eq!(tty_name((136 << 8) | 5), Some("pts/5".into()));
-        assert_eq!(tty_name((137 << 8) | 2), Some("pts/258".into()));
-        assert_eq!(tty_name(34817), Some("pts/1".into()));
-        assert_eq!(tty_name((4 << 8) | 1), Some("tty1".into()));
-        assert_eq!(tty_name((4 << 8) | 64), Some("ttyS0".into()));
-        assert_eq!(tty_name((4 << 8) | 67), Some("ttyS3".into()));
-        assert_eq!(tty_name((5 << 8) | 1), Some("tty(5:1)".into()));
         // Large minors are split across bits 0-7 and 20-31.
-        assert_eq!(tty_name((136 << 8) | (0x100 << 12)), Some("pts/256".into()));
-        assert_eq!(
-            tty_name(u32::MAX),
-            Some(format!("tty({}:{})", 0xfff, 0xfffff))
-        );
         assert_eq!(kernel_tty_name("pts3"), "pts/3");
         assert_eq!(kernel_tty_name("pts"), "pts");
         assert_eq!(kernel_tty_name("ptsx"), "ptsx");

@@ -14,7 +14,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, lpm_trie::{Key, LpmTrie}},
+    maps::{
+        Array, HashMap, MapData,
+        lpm_trie::{Key, LpmTrie},
+    },
 };
 use sensor_common::{NAME_KEY_LEN, NameKeyData, PREFIX_KEY_LEN, PrefixKeyData, Setting};
 
@@ -65,7 +68,9 @@ impl WatchRule {
         let trailing_slash = raw.len() > 1 && raw.ends_with(b"/");
         let mut bytes = match std::fs::canonicalize(path) {
             Ok(canon) => {
-                if canon.as_path() != Path::new(OsStr::from_bytes(raw.strip_suffix(b"/").unwrap_or(raw))) {
+                if canon.as_path()
+                    != Path::new(OsStr::from_bytes(raw.strip_suffix(b"/").unwrap_or(raw)))
+                {
                     tracing::info!(given = %path.display(), canonical = %canon.display(), "watching the canonical form of a prefix");
                 }
                 canon.into_os_string().into_vec()
@@ -103,15 +108,15 @@ use std::os::unix::ffi::OsStringExt as _;
 /// Built-in rules: the credential files every node has. A first cut of the catalogue (the
 /// identity issue grows it); each entry names what it catches.
 const DEFAULT_PREFIXES: &[&str] = &[
-    "/var/run/secrets/",        // Kubernetes SA tokens (in-pod), EKS/Azure federated tokens
-    "/run/secrets/",            // the same through /run
-    "/var/lib/kubelet/pods/",   // projected tokens on the node
-    "/etc/kubernetes/",         // node PKI keys and kubeconfigs
-    "/etc/ssh/ssh_host_",       // host keys
-    "/vault/secrets/",          // Vault injector output
+    "/var/run/secrets/", // Kubernetes SA tokens (in-pod), EKS/Azure federated tokens
+    "/run/secrets/",     // the same through /run
+    "/var/lib/kubelet/pods/", // projected tokens on the node
+    "/etc/kubernetes/",  // node PKI keys and kubeconfigs
+    "/etc/ssh/ssh_host_", // host keys
+    "/vault/secrets/",   // Vault injector output
 ];
 const DEFAULT_NAMES: &[&str] = &[
-    "credentials",         // ~/.aws/credentials
+    "credentials", // ~/.aws/credentials
     "application_default_credentials.json",
     "msal_token_cache.json",
     ".git-credentials",
@@ -134,7 +139,11 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
-    pub fn from_args(prefixes: &[PathBuf], names: &[String], defaults: bool) -> anyhow::Result<Self> {
+    pub fn from_args(
+        prefixes: &[PathBuf],
+        names: &[String],
+        defaults: bool,
+    ) -> anyhow::Result<Self> {
         let mut rules = Vec::new();
         for p in prefixes {
             rules.push(WatchRule::parse_prefix(p)?);
@@ -143,8 +152,16 @@ impl RuleSet {
             rules.push(WatchRule::parse_name(n)?);
         }
         if defaults {
-            rules.extend(DEFAULT_PREFIXES.iter().map(|p| WatchRule::Prefix(p.as_bytes().to_vec())));
-            rules.extend(DEFAULT_NAMES.iter().map(|n| WatchRule::Name(n.as_bytes().to_vec())));
+            rules.extend(
+                DEFAULT_PREFIXES
+                    .iter()
+                    .map(|p| WatchRule::Prefix(p.as_bytes().to_vec())),
+            );
+            rules.extend(
+                DEFAULT_NAMES
+                    .iter()
+                    .map(|n| WatchRule::Name(n.as_bytes().to_vec())),
+            );
         }
         rules.dedup();
         Ok(Self { rules })
@@ -170,8 +187,10 @@ impl RuleSet {
     pub fn install(&self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
         let mut counts = [0u32; 4];
         {
-            let mut prefixes: LpmTrie<&mut MapData, PrefixKeyData, u32> =
-                LpmTrie::try_from(ebpf.map_mut("WATCH_PREFIXES").context("WATCH_PREFIXES map")?)?;
+            let mut prefixes: LpmTrie<&mut MapData, PrefixKeyData, u32> = LpmTrie::try_from(
+                ebpf.map_mut("WATCH_PREFIXES")
+                    .context("WATCH_PREFIXES map")?,
+            )?;
             for (id, rule) in self.rules.iter().enumerate() {
                 if let WatchRule::Prefix(p) = rule {
                     let n = p.len().min(PREFIX_KEY_LEN);
@@ -193,7 +212,9 @@ impl RuleSet {
                         // The kernel keeps names shorter than the key; match it by prefix.
                         continue;
                     }
-                    names.insert(name_key(n), id as u32, 0).context("inserting a name rule")?;
+                    names
+                        .insert(name_key(n), id as u32, 0)
+                        .context("inserting a name rule")?;
                     counts[Setting::NameRules as usize] += 1;
                 }
             }
@@ -248,9 +269,18 @@ mod tests {
 
     #[test]
     fn name_patterns() {
-        assert_eq!(WatchRule::parse_name("token").unwrap(), WatchRule::Name(b"token".to_vec()));
-        assert_eq!(WatchRule::parse_name("id_*").unwrap(), WatchRule::NamePrefix(b"id_".to_vec()));
-        assert_eq!(WatchRule::parse_name("*.pem").unwrap(), WatchRule::NameSuffix(b".pem".to_vec()));
+        assert_eq!(
+            WatchRule::parse_name("token").unwrap(),
+            WatchRule::Name(b"token".to_vec())
+        );
+        assert_eq!(
+            WatchRule::parse_name("id_*").unwrap(),
+            WatchRule::NamePrefix(b"id_".to_vec())
+        );
+        assert_eq!(
+            WatchRule::parse_name("*.pem").unwrap(),
+            WatchRule::NameSuffix(b".pem".to_vec())
+        );
         for bad in ["", "a/b", "*", "a*b", "*a*", "**"] {
             assert!(WatchRule::parse_name(bad).is_err(), "{bad:?} accepted");
         }
@@ -275,7 +305,10 @@ mod tests {
         assert_eq!(set.matches(b"/srv/secrets/a", false), vec!["prefix"]);
         assert!(set.matches(b"/srv/secretsX/a", false).is_empty());
         assert_eq!(set.matches(b"/x/key.pem", false), vec!["name_suffix"]);
-        assert_eq!(set.matches(b"/home/u/.ssh/id_rsa", false), vec!["name_prefix"]);
+        assert_eq!(
+            set.matches(b"/home/u/.ssh/id_rsa", false),
+            vec!["name_prefix"]
+        );
         // A truncated path cannot be judged by its missing head.
         assert!(set.matches(b"/srv/secrets/a", true).is_empty());
     }

@@ -1,1 +1,169 @@
-fn main() {}
+//! Project automation: `cargo xtask <command>`. Every command that needs the eBPF toolchain runs
+//! `setup` first, so the README's two commands work on a fresh machine.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "nhi-sensor project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain (nightly rust-src, LLVM 22, bpf-linker). Idempotent.
+    Setup,
+    /// Build the release `nhi-sensor` binary (eBPF object embedded).
+    Build,
+    /// Build, then run the sensor as root, printing events as JSON lines. Extra arguments go to
+    /// `nhi-sensor run` (default: `--format json`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Everything CI checks: formatting, clippy (host and eBPF crates), unit tests, and the
+    /// integration tests that load the real programs into the running kernel (needs root).
+    Test {
+        /// Only run the integration tests whose name contains this string.
+        #[arg(long)]
+        filter: Option<String>,
+    },
+    /// Formatting and clippy only.
+    Lint,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root).context("entering the workspace root")?;
+    match cli.command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => {
+            setup::setup()?;
+            build_release()
+        }
+        Cmd::Run { args } => {
+            setup::setup()?;
+            build_release()?;
+            let args = if args.is_empty() {
+                vec!["--format".to_string(), "json".to_string()]
+            } else {
+                args
+            };
+            let bin = root.join("target/release/nhi-sensor");
+            eprintln!("xtask: running {} run {}", bin.display(), args.join(" "));
+            run(Command::new(bin).arg("run").args(args))
+        }
+        Cmd::Test { filter } => {
+            setup::setup()?;
+            lint()?;
+            unit_tests()?;
+            build_release()?;
+            integration_tests(filter.as_deref())
+        }
+        Cmd::Lint => {
+            setup::setup()?;
+            lint()
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn build_release() -> anyhow::Result<()> {
+    run(Command::new("cargo").args(["build", "--release", "-p", "nhi-sensor"]))
+}
+
+fn lint() -> anyhow::Result<()> {
+    run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate only builds for the BPF target, with nightly and core from source.
+    run(Command::new("cargo")
+        .args([
+            "+nightly",
+            "clippy",
+            "-p",
+            "sensor-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--target-dir",
+            "target/ebpf-lint",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "--cfg=bpf_target_arch=\"x86_64\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        ))
+}
+
+fn unit_tests() -> anyhow::Result<()> {
+    run(Command::new("cargo").args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "sensor-ebpf",
+        "--exclude",
+        "nhi-sensor-tests",
+    ]))?;
+    // Actor and harness self-tests need no kernel programs.
+    run(Command::new("cargo").args([
+        "test",
+        "-p",
+        "nhi-sensor-tests",
+        "--test",
+        "actor",
+        "--test",
+        "harness",
+    ]))
+}
+
+/// The kernel tests share kernel state (attached programs, cgroup hooks): one at a time.
+fn integration_tests(filter: Option<&str>) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the integration tests load eBPF programs: run `cargo xtask test` as root");
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "-p", "nhi-sensor-tests", "--test", "kernel", "--"])
+        .arg("--test-threads=1");
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    run(&mut cmd)
+}
+
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub(crate) fn cmd_ok(cmd: &mut Command) -> bool {
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -1,0 +1,121 @@
+//! `cargo xtask setup`: installs what building the eBPF object needs on a fresh Debian machine.
+//! Idempotent and quiet: each step checks first and only acts (and prints) when something is
+//! missing.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, bail};
+
+use crate::{cmd_ok, run};
+
+/// The toolchain the eBPF crate builds with (aya-build runs `rustup run nightly`).
+const EBPF_TOOLCHAIN: &str = "nightly";
+/// LLVM major version bpf-linker is built against: the one Debian ships as `llvm-22-dev`.
+const LLVM_MAJOR: u32 = 22;
+/// Pinned so a newcomer gets the linker CI was green with.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn setup() -> anyhow::Result<()> {
+    ensure_nightly()?;
+    ensure_rust_src()?;
+    ensure_apt_packages()?;
+    ensure_bpf_linker()?;
+    Ok(())
+}
+
+fn ensure_nightly() -> anyhow::Result<()> {
+    if cmd_ok(Command::new("rustup").args(["run", EBPF_TOOLCHAIN, "rustc", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("setup: installing the {EBPF_TOOLCHAIN} toolchain");
+    run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        EBPF_TOOLCHAIN,
+        "--profile",
+        "minimal",
+    ]))
+}
+
+fn ensure_rust_src() -> anyhow::Result<()> {
+    let out = Command::new("rustup")
+        .args(["run", EBPF_TOOLCHAIN, "rustc", "--print", "sysroot"])
+        .output()
+        .context("running rustc --print sysroot")?;
+    let sysroot = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if Path::new(&sysroot)
+        .join("lib/rustlib/src/rust/library/core")
+        .exists()
+    {
+        return Ok(());
+    }
+    eprintln!("setup: adding rust-src to {EBPF_TOOLCHAIN} (the eBPF crate builds core itself)");
+    run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        EBPF_TOOLCHAIN,
+    ]))
+}
+
+/// Debian packages: LLVM for bpf-linker, and the tools the test suite uses (`bpftool` to
+/// cross-check struct offsets, `iproute2` for network namespaces).
+fn ensure_apt_packages() -> anyhow::Result<()> {
+    let wanted = [
+        format!("llvm-{LLVM_MAJOR}-dev"),
+        format!("libpolly-{LLVM_MAJOR}-dev"),
+        "zlib1g-dev".to_string(),
+        "libzstd-dev".to_string(),
+        "bpftool".to_string(),
+        "iproute2".to_string(),
+    ];
+    let missing: Vec<&String> = wanted
+        .iter()
+        .filter(|p| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages {missing:?}");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(missing))
+}
+
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    if let Ok(out) = Command::new("bpf-linker").arg("--version").output()
+        && out.status.success()
+    {
+        return Ok(());
+    }
+    let llvm_prefix = format!("/usr/lib/llvm-{LLVM_MAJOR}");
+    if !Path::new(&llvm_prefix).join("bin/llvm-config").exists() {
+        bail!("{llvm_prefix}/bin/llvm-config is missing after installing llvm-{LLVM_MAJOR}-dev");
+    }
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM {LLVM_MAJOR} (about a minute)"
+    );
+    run(Command::new("cargo")
+        .env("LLVM_PREFIX", &llvm_prefix)
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{LLVM_MAJOR}"),
+        ]))?;
+    if !cmd_ok(Command::new("bpf-linker").arg("--version")) {
+        bail!("bpf-linker was installed but is not on PATH (is ~/.cargo/bin on PATH?)");
+    }
+    Ok(())
+}
