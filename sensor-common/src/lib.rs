@@ -275,6 +275,19 @@ pub struct FileCloseEvent {
     pub ino: u64,
 }
 
+/// What an open syscall asked for, kept from its entry to its exit (per thread): a failed open
+/// has no `struct file`, only the string the process passed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenArgs {
+    /// User-space pointer to the path string.
+    pub filename: u64,
+    /// `O_*` flags.
+    pub flags: u32,
+    /// Directory fd a relative path is relative to (`AT_FDCWD` = -100).
+    pub dfd: i32,
+}
+
 /// Key of the watched-fd map: one per open watched file descriptor.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -506,6 +519,7 @@ mod tests {
             16 + size_of::<TaskInfo>() + 8 + 4 * 8
         );
         assert_eq!(size_of::<FdState>(), 6 * 8);
+        assert_eq!(size_of::<OpenArgs>(), 16);
         assert_eq!(size_of::<UdpFlowKey>(), 8 + size_of::<SockAddr>());
         assert_eq!(
             size_of::<NetConnectEvent>(),

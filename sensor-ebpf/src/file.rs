@@ -3,19 +3,25 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::{helpers::generated::bpf_probe_read_kernel, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::{
+        bpf_probe_read_user,
+        generated::{bpf_probe_read_kernel, bpf_probe_read_user_str},
+    },
+    programs::TracePointContext,
+};
 use sensor_common::{
     CLOSE_SYSCALL, Counter, EventKind, FdKey, FdState, FileCloseEvent, FileOpenEvent, NAME_KEY_LEN,
-    PATH_TRUNCATED, PREFIX_KEY_LEN, PathInfo, Setting, WATCH_NAME, WATCH_NAME_PREFIX,
-    WATCH_NAME_SUFFIX, WATCH_PREFIX, WATCH_TRUNCATED,
+    OpenArgs, PATH_BUF, PATH_TRUNCATED, PATH_UNRESOLVED, PREFIX_KEY_LEN, PathInfo, Setting,
+    WATCH_NAME, WATCH_NAME_PREFIX, WATCH_NAME_SUFFIX, WATCH_PREFIX, WATCH_TRUNCATED,
 };
 
 use crate::{
     emit::{count, header, output},
     kread::{current_task, fd_to_file, fill_current, off, read, read_ptr, sensor_tgid},
     maps::{
-        EVENT_SCRATCH, INFLIGHT_READS, NAME_SCRATCH, PATH_SCRATCH, SETTINGS, WATCH_NAME_PREFIXES,
-        WATCH_NAME_SUFFIXES, WATCH_NAMES, WATCH_PREFIXES, WATCHED_FDS,
+        EVENT_SCRATCH, INFLIGHT_READS, NAME_SCRATCH, OPEN_ARGS, PATH_SCRATCH, SETTINGS,
+        WATCH_NAME_PREFIXES, WATCH_NAME_SUFFIXES, WATCH_NAMES, WATCH_PREFIXES, WATCHED_FDS,
     },
     path,
     scratch::{NameScratch, PathScratch},
@@ -28,7 +34,9 @@ const O_PATH: u32 = 0o10000000;
 const TP_SYSCALL_NR: usize = 8;
 pub const TP_ARG0: usize = 16;
 pub const TP_ARG1: usize = 24;
+const TP_ARG2: usize = 32;
 const TP_RET: usize = 16;
+const AT_FDCWD: i32 = -100;
 
 #[inline(always)]
 fn setting(s: Setting) -> u32 {
@@ -45,16 +53,21 @@ fn inode_ids(file: u64) -> (u64, u64, u32) {
     (dev, ino, mode)
 }
 
-/// Matches the opened file's name (its last path component) against the name rules, without
-/// walking the path: the cheap test, done first. The result is left in `ns.matched`.
+/// Matches a file name (`len` bytes at `name`, kernel or map memory) against the name rules,
+/// without walking the path: the cheap test, done first. The result is left in `ns.matched`.
 #[inline(always)]
-fn match_name(ns: *mut NameScratch, dentry: u64) {
-    let m = name_rules(ns, dentry);
+fn match_name(ns: *mut NameScratch, name: u64, len: u32) {
+    let m = name_rules(ns, name, len);
     unsafe { core::ptr::write_volatile(&raw mut (*ns).matched, m) };
 }
 
 #[inline(always)]
-fn name_rules(ns: *mut NameScratch, dentry: u64) -> u32 {
+fn matched(ns: *mut NameScratch) -> u32 {
+    unsafe { core::ptr::read_volatile(&raw const (*ns).matched) }
+}
+
+#[inline(always)]
+fn name_rules(ns: *mut NameScratch, name: u64, len: u32) -> u32 {
     let exact = setting(Setting::NameRules);
     let prefixes = setting(Setting::NamePrefixRules);
     let suffixes = setting(Setting::NameSuffixRules);
@@ -62,11 +75,7 @@ fn name_rules(ns: *mut NameScratch, dentry: u64) -> u32 {
         return 0;
     }
     let ns = unsafe { &mut *ns };
-    let len = read::<u32>(dentry, off!(dentry_d_name_len)).unwrap_or(0);
-    let Ok(name) = read_ptr(dentry, off!(dentry_d_name_name)) else {
-        return 0;
-    };
-    if len == 0 {
+    if len == 0 || name == 0 {
         return 0;
     }
     let n = if len > NAME_KEY_LEN as u32 {
@@ -144,10 +153,62 @@ fn match_prefix(ps: *mut PathScratch) -> u32 {
     }
 }
 
-/// `syscalls:sys_exit_{open,openat,openat2}`: the open has succeeded or failed; on success the
-/// new fd's `struct file` is in the fd table.
+/// `syscalls:sys_enter_open`: `open(filename, flags, mode)`.
+pub fn open_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let filename: u64 = unsafe { ctx.read_at(TP_ARG0) }?;
+    let flags: u64 = unsafe { ctx.read_at(TP_ARG1) }?;
+    remember_open(filename, flags as u32, AT_FDCWD)
+}
+
+/// `syscalls:sys_enter_openat`: `openat(dfd, filename, flags, mode)`.
+pub fn openat_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let dfd: i64 = unsafe { ctx.read_at(TP_ARG0) }?;
+    let filename: u64 = unsafe { ctx.read_at(TP_ARG1) }?;
+    let flags: u64 = unsafe { ctx.read_at(TP_ARG2) }?;
+    remember_open(filename, flags as u32, dfd as i32)
+}
+
+/// `syscalls:sys_enter_openat2`: `openat2(dfd, filename, how, size)`; the flags are the first
+/// field of the user's `struct open_how`.
+pub fn openat2_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let dfd: i64 = unsafe { ctx.read_at(TP_ARG0) }?;
+    let filename: u64 = unsafe { ctx.read_at(TP_ARG1) }?;
+    let how: u64 = unsafe { ctx.read_at(TP_ARG2) }?;
+    let flags = unsafe { bpf_probe_read_user(how as *const u64) }.unwrap_or(0);
+    remember_open(filename, flags as u32, dfd as i32)
+}
+
+#[inline(always)]
+fn is_read_open(flags: u32) -> bool {
+    flags & O_ACCMODE != O_WRONLY && flags & O_PATH == 0
+}
+
+#[inline(always)]
+fn remember_open(filename: u64, flags: u32, dfd: i32) -> Result<(), i64> {
+    if !is_read_open(flags) {
+        return Ok(());
+    }
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    if (pid_tgid >> 32) as u32 == sensor_tgid() {
+        return Ok(());
+    }
+    let args = OpenArgs {
+        filename,
+        flags,
+        dfd,
+    };
+    if OPEN_ARGS.insert(&(pid_tgid as u32), &args, 0).is_err() {
+        count(Counter::DropMapFull);
+    }
+    Ok(())
+}
+
+/// `syscalls:sys_exit_{open,openat,openat2}`, successful opens: the new fd's `struct file`
+/// gives the canonical path. (Failed opens are [`open_failed_exit`]'s, a separate program so each
+/// stays well inside the verifier's budget.)
 pub fn open_exit(ctx: &TracePointContext) -> Result<(), i64> {
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     if tgid == sensor_tgid() {
         return Ok(());
     }
@@ -156,17 +217,6 @@ pub fn open_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if ret < 0 {
         return Ok(());
     }
-    let task = current_task();
-    let file = fd_to_file(task, ret as u64);
-    if file == 0 {
-        return Ok(());
-    }
-    let f_flags = read::<u32>(file, off!(file_f_flags))?;
-    if f_flags & O_ACCMODE == O_WRONLY || f_flags & O_PATH != 0 {
-        return Ok(());
-    }
-    let dentry = read_ptr(file, off!(file_f_path_dentry))?;
-    let vfsmnt = read_ptr(file, off!(file_f_path_mnt))?;
     let Some(ns) = NAME_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
         return Ok(());
@@ -175,51 +225,173 @@ pub fn open_exit(ctx: &TracePointContext) -> Result<(), i64> {
         count(Counter::DropNoScratch);
         return Ok(());
     };
-    match_name(ns, dentry);
-    if unsafe { core::ptr::read_volatile(&raw const (*ns).matched) } == 0
-        && setting(Setting::PrefixRules) == 0
-    {
+    let task = current_task();
+    let file = fd_to_file(task, ret as u64);
+    if file == 0 {
+        return Ok(());
+    }
+    let f_flags = read::<u32>(file, off!(file_f_flags))?;
+    if !is_read_open(f_flags) {
+        return Ok(());
+    }
+    let dentry = read_ptr(file, off!(file_f_path_dentry))?;
+    let vfsmnt = read_ptr(file, off!(file_f_path_mnt))?;
+    let name_len = read::<u32>(dentry, off!(dentry_d_name_len)).unwrap_or(0);
+    let name = read_ptr(dentry, off!(dentry_d_name_name)).unwrap_or(0);
+    match_name(ns, name, name_len);
+    if matched(ns) == 0 && setting(Setting::PrefixRules) == 0 {
         return Ok(());
     }
     let (root_dentry, root_mnt) = path::task_root(task);
     path::resolve(ps, dentry, vfsmnt, root_dentry, root_mnt);
-    let path_flags = unsafe { (*ps).flags };
-    let mut matched = unsafe { core::ptr::read_volatile(&raw const (*ns).matched) };
-    if matched == 0 {
-        matched = match_prefix(ps);
-        if matched == 0 && path_flags & PATH_TRUNCATED != 0 {
-            // The head of the path is gone, so prefix rules cannot be decided: report it.
-            matched = WATCH_TRUNCATED;
-        }
-    }
-    if matched == 0 {
+    if !decide(ns, ps) {
         return Ok(());
     }
-    count(Counter::OpensMatched);
-    if path_flags & PATH_TRUNCATED != 0 {
-        count(Counter::PathsTruncated);
-    }
     let (dev, ino, mode) = inode_ids(file);
-    let boot_ns = header(EventKind::FileOpen, 0).boot_ns;
-    let key = FdKey {
-        tgid,
-        fd: ret as u32,
-    };
     let state = FdState {
         file,
         bytes_read: 0,
         reads: 0,
         dev,
         ino,
-        open_boot_ns: boot_ns,
+        open_boot_ns: header(EventKind::FileOpen, 0).boot_ns,
+    };
+    let key = FdKey {
+        tgid,
+        fd: ret as u32,
     };
     if WATCHED_FDS.insert(&key, &state, 0).is_err() {
         count(Counter::DropMapFull);
     }
+    emit_open(ctx, ns, ps, ret, f_flags, (dev, ino, mode));
+    Ok(())
+}
 
-    let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
+/// Where the raw path of a failed open is staged in the record scratch: past any open record's
+/// fixed part and path, so building the record cannot overwrite it before it is copied.
+const RAW_AT: usize = PATH_BUF;
+const POS_MASK: u32 = PATH_BUF as u32 - 1;
+
+/// `syscalls:sys_exit_{open,openat,openat2}`, failed opens of watched paths (permission
+/// denied on a credential is a signal in itself). The path is the string the process passed; a
+/// relative one is joined to the directory it was relative to (working directory or `dfd`),
+/// which is resolved in the kernel like any path.
+pub fn open_failed_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let Some(args) = (unsafe { OPEN_ARGS.get(&tid) }).copied() else {
+        return Ok(());
+    };
+    let _ = OPEN_ARGS.remove(&tid);
+    let ret: i64 = unsafe { ctx.read_at(TP_RET) }?;
+    if ret >= 0 {
+        return Ok(());
+    }
+    let Some(ns) = NAME_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
         return Ok(());
+    };
+    let Some(ps) = PATH_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::DropNoScratch);
+        return Ok(());
+    };
+    let task = current_task();
+    let Some(es) = EVENT_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::DropNoScratch);
+        return Ok(());
+    };
+    let raw = unsafe { (es as *mut u8).add(RAW_AT) };
+    let n =
+        unsafe { bpf_probe_read_user_str(raw.cast(), PATH_BUF as u32, args.filename as *const _) };
+    if n <= 1 {
+        return Ok(());
+    }
+    unsafe { core::ptr::write_volatile(&raw mut (*ns).raw_len, (n as u32 - 1) & POS_MASK) };
+    // The file name: what follows the last '/' (a name is at most 255 bytes).
+    // The scan's result goes through memory: a register would carry one exact value per exit
+    // iteration into everything below, and the verifier would walk the path 256 times.
+    unsafe { core::ptr::write_volatile(&raw mut (*ns).name_start, 0) };
+    for i in 0..256u32 {
+        // `len` re-read from memory each time, so LLVM cannot fold the two bounds into one
+        // derived counter the verifier would have to step through thousands of times.
+        let len = unsafe { core::ptr::read_volatile(&raw const (*ns).raw_len) } & POS_MASK;
+        if i >= len {
+            break;
+        }
+        let at = (len - 1 - i) & POS_MASK;
+        if unsafe { *raw.add(at as usize) } == b'/' {
+            unsafe { core::ptr::write_volatile(&raw mut (*ns).name_start, at + 1) };
+            break;
+        }
+    }
+    let name_start = unsafe { core::ptr::read_volatile(&raw const (*ns).name_start) } & POS_MASK;
+    let len = unsafe { core::ptr::read_volatile(&raw const (*ns).raw_len) } & POS_MASK;
+    let name_len = len.saturating_sub(name_start);
+    match_name(ns, unsafe { raw.add(name_start as usize) } as u64, name_len);
+    if matched(ns) == 0 && setting(Setting::PrefixRules) == 0 {
+        return Ok(());
+    }
+    if !path::start_raw(ps, raw, len) {
+        return Ok(());
+    }
+    if unsafe { *raw } != b'/' && path::prepend_slash(ps) {
+        let (dentry, vfsmnt) = if args.dfd == AT_FDCWD {
+            path::task_pwd(task)
+        } else {
+            let dir = fd_to_file(task, args.dfd as u64);
+            (
+                read_ptr(dir, off!(file_f_path_dentry)).unwrap_or(0),
+                read_ptr(dir, off!(file_f_path_mnt)).unwrap_or(0),
+            )
+        };
+        let (root_dentry, root_mnt) = path::task_root(task);
+        path::walk(ps, dentry, vfsmnt, root_dentry, root_mnt);
+    }
+    path::flag(ps, PATH_UNRESOLVED);
+    if !decide(ns, ps) {
+        return Ok(());
+    }
+    emit_open(ctx, ns, ps, ret, args.flags, (0, 0, 0));
+    Ok(())
+}
+
+/// Final decision for a resolved path: name matches, else prefix rules, else a truncated path
+/// (whose head, and so its prefix, is unknown). Leaves the verdict in `ns.matched`.
+#[inline(always)]
+fn decide(ns: *mut NameScratch, ps: *mut PathScratch) -> bool {
+    let path_flags = unsafe { (*ps).flags };
+    let mut m = matched(ns);
+    if m == 0 {
+        m = match_prefix(ps);
+        if m == 0 && path_flags & PATH_TRUNCATED != 0 {
+            m = WATCH_TRUNCATED;
+        }
+    }
+    unsafe { core::ptr::write_volatile(&raw mut (*ns).matched, m) };
+    if m == 0 {
+        return false;
+    }
+    count(Counter::OpensMatched);
+    if path_flags & PATH_TRUNCATED != 0 {
+        count(Counter::PathsTruncated);
+    }
+    true
+}
+
+/// Builds and sends a `FileOpenEvent` for the path in `ps`. `inode` is (dev, ino, mode), zeros
+/// when the open failed.
+#[inline(always)]
+fn emit_open(
+    ctx: &TracePointContext,
+    ns: *mut NameScratch,
+    ps: *mut PathScratch,
+    ret: i64,
+    open_flags: u32,
+    inode: (u64, u64, u32),
+) {
+    let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::DropNoScratch);
+        return;
     };
     let len = path::len(ps);
     let fixed = core::mem::size_of::<FileOpenEvent>();
@@ -228,28 +400,25 @@ pub fn open_exit(ctx: &TracePointContext) -> Result<(), i64> {
     fill_current(&mut ev.task);
     ev.path = PathInfo {
         len,
-        flags: path_flags,
+        flags: unsafe { (*ps).flags },
     };
     ev.ret = ret;
-    ev.dev = dev;
-    ev.ino = ino;
-    ev.open_flags = f_flags;
-    ev.mode = mode;
+    (ev.dev, ev.ino, ev.mode) = inode;
+    ev.open_flags = open_flags;
     ev.syscall_nr = unsafe { ctx.read_at::<i32>(TP_SYSCALL_NR) }.unwrap_or(-1) as u32;
-    ev.matched = matched;
+    ev.matched = matched(ns);
     let dst = unsafe { (buf as *mut u8).add(fixed) };
     let src = unsafe {
         (&raw const (*ps).buf)
             .cast::<u8>()
             .add(path::start(ps) as usize)
     };
-    let copied = unsafe { bpf_probe_read_kernel(dst.cast(), len & 0xfff, src.cast()) };
+    let copied = unsafe { bpf_probe_read_kernel(dst.cast(), len & POS_MASK, src.cast()) };
     if copied < 0 {
         count(Counter::DropReadError);
-        return Ok(());
+        return;
     }
-    output(buf as *const u8, (fixed as u32 + (len & 0xfff)) as u64);
-    Ok(())
+    output(buf as *const u8, (fixed as u32 + (len & POS_MASK)) as u64);
 }
 
 /// `syscalls:sys_enter_*` of the syscalls that read from an fd: remember reads on watched fds.

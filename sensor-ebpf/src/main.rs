@@ -63,10 +63,35 @@ pub fn cred_exit(ctx: TracePointContext) -> u32 {
 
 // ---- files ----
 
-/// Attached to `sys_exit_open`, `sys_exit_openat` and `sys_exit_openat2`.
+#[tracepoint(category = "syscalls", name = "sys_enter_open")]
+pub fn file_open_enter(ctx: TracePointContext) -> u32 {
+    let _ = file::open_enter(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat")]
+pub fn file_openat_enter(ctx: TracePointContext) -> u32 {
+    let _ = file::openat_enter(&ctx);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
+pub fn file_openat2_enter(ctx: TracePointContext) -> u32 {
+    let _ = file::openat2_enter(&ctx);
+    0
+}
+
+/// Attached to `sys_exit_open`, `sys_exit_openat` and `sys_exit_openat2`: successful opens.
 #[tracepoint]
 pub fn file_open_exit(ctx: TracePointContext) -> u32 {
     let _ = file::open_exit(&ctx);
+    0
+}
+
+/// Attached to the same tracepoints: failed opens.
+#[tracepoint]
+pub fn file_open_failed_exit(ctx: TracePointContext) -> u32 {
+    let _ = file::open_failed_exit(&ctx);
     0
 }
 

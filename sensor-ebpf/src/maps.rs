@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    Counter, Creds, FdKey, FdState, NameKeyData, PrefixKeyData, SETTINGS_LEN, UdpFlowKey,
+    Counter, Creds, FdKey, FdState, NameKeyData, OpenArgs, PrefixKeyData, SETTINGS_LEN, UdpFlowKey,
 };
 
 use crate::scratch::{EventScratch, NameScratch, PathScratch};
@@ -45,6 +45,10 @@ pub static WATCH_NAME_SUFFIXES: LpmTrie<NameKeyData, u32> = LpmTrie::with_max_en
 /// beyond what credential files see; a full map is counted as `map_full`.
 #[map]
 pub static WATCHED_FDS: HashMap<FdKey, FdState> = HashMap::with_max_entries(16384, 0);
+
+/// Thread id → arguments of an open syscall in flight (for reporting failed opens).
+#[map]
+pub static OPEN_ARGS: LruHashMap<u32, OpenArgs> = LruHashMap::with_max_entries(8192, 0);
 
 /// Thread id → fd of a read syscall in flight on a watched fd.
 #[map]

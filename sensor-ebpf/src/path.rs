@@ -125,6 +125,12 @@ fn step(s: *mut PathScratch) -> bool {
 pub fn resolve(s: *mut PathScratch, dentry: u64, vfsmnt: u64, root_dentry: u64, root_mnt: u64) {
     set!(s, pos, PATH_BUF as u32);
     set!(s, flags, 0);
+    walk(s, dentry, vfsmnt, root_dentry, root_mnt);
+}
+
+/// Prepends the path of `dentry`/`vfsmnt` to what `s` already holds.
+#[inline(always)]
+pub fn walk(s: *mut PathScratch, dentry: u64, vfsmnt: u64, root_dentry: u64, root_mnt: u64) {
     set!(s, dentry, dentry);
     set!(s, vfsmnt, vfsmnt);
     set!(s, root_dentry, root_dentry);
@@ -149,6 +155,62 @@ pub fn resolve(s: *mut PathScratch, dentry: u64, vfsmnt: u64, root_dentry: u64, 
         unsafe { (*s).buf[PATH_BUF - 1] = b'/' };
         set!(s, pos, PATH_BUF as u32 - 1);
     }
+}
+
+/// Starts a path from `len` raw bytes at `src` (kernel or map memory): the string a process
+/// passed to a syscall. Returns false if it cannot be copied.
+#[inline(always)]
+pub fn start_raw(s: *mut PathScratch, src: *const u8, len: u32) -> bool {
+    let len = len & POS_MASK;
+    if len == 0 {
+        return false;
+    }
+    let pos = (PATH_BUF as u32 - len) & POS_MASK;
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            (&raw mut (*s).buf).cast::<u8>().add(pos as usize).cast(),
+            len,
+            src.cast(),
+        )
+    };
+    if ret < 0 {
+        return false;
+    }
+    set!(s, pos, pos);
+    set!(s, flags, 0);
+    true
+}
+
+/// Prepends a `/` (joining a relative path to the directory walked next).
+#[inline(always)]
+pub fn prepend_slash(s: *mut PathScratch) -> bool {
+    let cur = get!(s, pos);
+    if cur <= 1 {
+        add_flags(s, PATH_TRUNCATED);
+        return false;
+    }
+    let at = (cur - 1) & POS_MASK;
+    unsafe { (*s).buf[at as usize] = b'/' };
+    set!(s, pos, at);
+    true
+}
+
+/// Adds `PATH_*` flags.
+#[inline(always)]
+pub fn flag(s: *mut PathScratch, f: u32) {
+    add_flags(s, f);
+}
+
+/// The working directory of `task` (`task->fs->pwd`), as (dentry, vfsmount).
+#[inline(always)]
+pub fn task_pwd(task: u64) -> (u64, u64) {
+    let Ok(fs) = read_ptr(task, off!(task_fs)) else {
+        return (0, 0);
+    };
+    (
+        read_ptr(fs, off!(fs_pwd_dentry)).unwrap_or(0),
+        read_ptr(fs, off!(fs_pwd_mnt)).unwrap_or(0),
+    )
 }
 
 /// Length of the resolved path.

@@ -26,9 +26,9 @@ pub struct PathScratch {
     pub mnt_root: u64,
     pub root_dentry: u64,
     pub root_mnt: u64,
-    /// 256 bytes of slack past `PATH_BUF`: a component (≤255 bytes, masked) written at a masked
-    /// position (≤4095) always stays inside.
-    pub buf: [u8; PATH_BUF + 256],
+    /// Twice `PATH_BUF` plus slack: a component (≤255 bytes) or a raw path (≤4095 bytes)
+    /// written at a masked position (≤4095) always stays inside, as the verifier must see.
+    pub buf: [u8; 2 * PATH_BUF + 256],
     /// LPM key for the prefix rules, filled from the path.
     pub prefix_key: Key<[u8; PREFIX_KEY_LEN]>,
 }
@@ -38,6 +38,11 @@ pub struct NameScratch {
     /// `WATCH_*` bits found so far for the current open, kept in memory (not a register) so the
     /// path walk that follows is verified once, not once per combination of rule matches.
     pub matched: u32,
+    /// Where the file name starts in a raw path (failed opens); in memory for the same reason.
+    pub name_start: u32,
+    /// Length of that raw path: re-read after the scan, whose `i < len` tests would otherwise
+    /// leave a differently-bounded `len` behind on each exit iteration.
+    pub raw_len: u32,
     pub _pad: u32,
     /// The file name, NUL-padded (exact rules), and the LPM keys for prefix/suffix rules.
     pub name: [u8; NAME_KEY_LEN],

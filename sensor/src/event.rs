@@ -152,8 +152,12 @@ pub struct File {
     pub path_truncated: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path_resolved: Option<bool>,
-    pub dev: String,
-    pub ino: u64,
+    /// The string the process passed, when `path` is not kernel-resolved (failed opens): `path`
+    /// is then this string joined to its directory and normalized lexically.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_requested: Option<String>,
+    pub dev: Option<String>,
+    pub ino: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -236,6 +240,30 @@ pub fn text_and_b64(bytes: &[u8]) -> (String, Option<String>) {
             )
         }
     }
+}
+
+/// Collapses `.` and `..` components and repeated slashes without touching the filesystem (for
+/// paths the kernel could not resolve: symlinks stay as written).
+pub fn normalize_lexically(path: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for comp in path.split(|b| *b == b'/') {
+        match comp {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len());
+    for p in parts {
+        out.push(b'/');
+        out.extend_from_slice(p);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
 }
 
 /// A NUL-padded C string from the kernel.
@@ -345,6 +373,8 @@ mod tests {
         );
         assert!(split_args(b"").is_empty());
         assert_eq!(c_str(b"pts3\0\0"), "pts3");
+        assert_eq!(normalize_lexically(b"/a/./b/../c//d"), b"/a/c/d");
+        assert_eq!(normalize_lexically(b"/../.."), b"/");
         assert_eq!(dev_string((8 << 20) | 1), "8:1");
         let mapped = Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0x7f00, 1).octets();
         assert!(ip_of(10, &mapped).1);

@@ -151,12 +151,35 @@ const JOBS: &[Job] = &[
             },
             Candidate {
                 kind: HookKind::Tracepoint,
-                label: "tracepoint syscalls:sys_exit_{open,openat,openat2}",
-                attach: &[Attach::Tracepoints {
-                    program: "file_open_exit",
-                    category: "syscalls",
-                    names: &["sys_exit_open", "sys_exit_openat", "sys_exit_openat2"],
-                }],
+                label: "tracepoint syscalls:sys_{enter,exit}_{open,openat,openat2}",
+                attach: &[
+                    Attach::Tracepoints {
+                        program: "file_open_exit",
+                        category: "syscalls",
+                        names: &["sys_exit_open", "sys_exit_openat", "sys_exit_openat2"],
+                    },
+                    // Failed opens: the entries keep the arguments, the exits report.
+                    Attach::Tracepoints {
+                        program: "file_open_failed_exit",
+                        category: "syscalls",
+                        names: &["sys_exit_open", "sys_exit_openat", "sys_exit_openat2"],
+                    },
+                    Attach::Tracepoints {
+                        program: "file_open_enter",
+                        category: "syscalls",
+                        names: &["sys_enter_open"],
+                    },
+                    Attach::Tracepoints {
+                        program: "file_openat_enter",
+                        category: "syscalls",
+                        names: &["sys_enter_openat"],
+                    },
+                    Attach::Tracepoints {
+                        program: "file_openat2_enter",
+                        category: "syscalls",
+                        names: &["sys_enter_openat2"],
+                    },
+                ],
             },
         ],
     },

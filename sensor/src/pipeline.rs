@@ -400,7 +400,19 @@ impl<W: Write> Pipeline<W> {
         path: Vec<u8>,
     ) -> std::io::Result<()> {
         let truncated = ev.path.flags & PATH_TRUNCATED != 0;
-        let mut matched = self.rules.matches(&path, truncated);
+        let mut matched = if ev.path.flags & PATH_UNRESOLVED == 0 {
+            self.rules.matches(&path, truncated)
+        } else {
+            // The kernel matched the path as written; either form matching a rule counts.
+            let mut m = self.rules.matches(&path, truncated);
+            m.extend(
+                self.rules
+                    .matches(&event::normalize_lexically(&path), truncated),
+            );
+            m.sort_unstable();
+            m.dedup();
+            m
+        };
         if ev.matched & WATCH_TRUNCATED != 0 {
             matched.push("truncated");
         }
@@ -426,16 +438,23 @@ impl<W: Write> Pipeline<W> {
                 },
             );
         }
-        let (text, b64) = event::text_and_b64(&path);
+        let resolved = ev.path.flags & PATH_UNRESOLVED == 0;
+        let (shown, requested) = if resolved {
+            (path, None)
+        } else {
+            (event::normalize_lexically(&path), Some(path))
+        };
+        let (text, b64) = event::text_and_b64(&shown);
         let mut out = self.new_event("file.open", ev.header.boot_ns);
         out.process = Some(self.process(&ev.task));
         out.file = Some(event::File {
             path: Some(text),
             path_b64: b64,
             path_truncated: Some(truncated),
-            path_resolved: Some(ev.path.flags & PATH_UNRESOLVED == 0),
-            dev: event::dev_string(ev.dev),
-            ino: ev.ino,
+            path_resolved: Some(resolved),
+            path_requested: requested.map(|r| String::from_utf8_lossy(&r).into_owned()),
+            dev: (ev.ret >= 0).then(|| event::dev_string(ev.dev)),
+            ino: (ev.ret >= 0).then_some(ev.ino),
             mode: (ev.mode != 0).then(|| format!("0{:o}", ev.mode)),
             flags: Some(ev.open_flags),
             access: Some(
@@ -713,8 +732,8 @@ fn close_file(
     event::File {
         path,
         path_b64,
-        dev: event::dev_string(dev),
-        ino,
+        dev: Some(event::dev_string(dev)),
+        ino: Some(ino),
         fd: Some(fd as i64),
         bytes_read: Some(bytes_read),
         reads: Some(reads),
