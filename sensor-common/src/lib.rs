@@ -29,6 +29,11 @@ pub const PATH_MAX_DEPTH: u32 = 128;
 /// Bytes of `argv` kept per exec. Enough for the command lines operators read; longer ones are
 /// cut and flagged with [`ARGS_TRUNCATED`].
 pub const ARGS_MAX: usize = 1024;
+/// Bytes of the environment (`envp`) captured per exec, so userspace can tell which credential
+/// variables a process carries. Userspace keeps only names and keyed fingerprints of values,
+/// never the values. 2 KiB covers typical service environments; longer ones are cut and flagged
+/// with [`ENV_TRUNCATED`].
+pub const ENV_MAX: usize = 2048;
 /// Bytes kept of the file name passed to `execve` (scripts: the script, not the interpreter).
 pub const EXEC_FILENAME_MAX: usize = 256;
 /// Key size of the path-prefix LPM trie. 256 bytes is the kernel's limit for LPM keys
@@ -180,10 +185,14 @@ pub struct PathInfo {
 pub const ARGS_TRUNCATED: u32 = 1 << 0;
 /// `ExecEvent::flags`: argv could not be read.
 pub const ARGS_READ_ERROR: u32 = 1 << 1;
+/// `ExecEvent::flags`: the environment was longer than [`ENV_MAX`] and was cut.
+pub const ENV_TRUNCATED: u32 = 1 << 2;
+/// `ExecEvent::flags`: the environment could not be read.
+pub const ENV_READ_ERROR: u32 = 1 << 3;
 
 /// A successful `execve`. Followed by `exe.len` bytes of the resolved executable path
-/// (`mm->exe_file`), `filename_len` bytes of the name passed to exec, and `args_len` bytes of
-/// NUL-separated argv.
+/// (`mm->exe_file`), `filename_len` bytes of the name passed to exec, `args_len` bytes of
+/// NUL-separated argv and `env_len` bytes of NUL-separated `NAME=value` environment.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ExecEvent {
@@ -198,6 +207,8 @@ pub struct ExecEvent {
     pub old_pid: u32,
     pub exe_dev: u64,
     pub exe_ino: u64,
+    pub env_len: u32,
+    pub _pad: u32,
 }
 
 /// A new process (not a thread). `task` is the parent, in whose context the fork ran.
@@ -502,7 +513,7 @@ mod tests {
         assert_eq!(size_of::<SockAddr>(), 16 + 2 + 2 + 4);
         assert_eq!(
             size_of::<ExecEvent>(),
-            16 + size_of::<TaskInfo>() + 8 + 4 * 4 + 2 * 8
+            16 + size_of::<TaskInfo>() + 8 + 4 * 4 + 2 * 8 + 8
         );
         assert_eq!(size_of::<ForkEvent>(), 16 + size_of::<TaskInfo>() + 16);
         assert_eq!(size_of::<ExitEvent>(), 16 + size_of::<TaskInfo>() + 8);

@@ -102,6 +102,8 @@ pub struct KernelOffsets {
     // mm_struct
     pub mm_arg_start: u32,
     pub mm_arg_end: u32,
+    pub mm_env_start: u32,
+    pub mm_env_end: u32,
     pub mm_exe_file: u32,
     // linux_binprm
     pub binprm_filename: u32,
@@ -196,6 +198,8 @@ impl KernelOffsets {
         upid_ns: MISSING,
         mm_arg_start: MISSING,
         mm_arg_end: MISSING,
+        mm_env_start: MISSING,
+        mm_env_end: MISSING,
         mm_exe_file: MISSING,
         binprm_filename: MISSING,
         socket_sk: MISSING,

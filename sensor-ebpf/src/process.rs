@@ -5,8 +5,9 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use sensor_common::{
-    ARGS_MAX, ARGS_READ_ERROR, ARGS_TRUNCATED, Counter, CredChangeEvent, Creds, EXEC_FILENAME_MAX,
-    EventKind, ExecEvent, ExitEvent, ForkEvent, PathInfo,
+    ARGS_MAX, ARGS_READ_ERROR, ARGS_TRUNCATED, Counter, CredChangeEvent, Creds, ENV_MAX,
+    ENV_READ_ERROR, ENV_TRUNCATED, EXEC_FILENAME_MAX, EventKind, ExecEvent, ExitEvent, ForkEvent,
+    PathInfo,
 };
 
 use crate::{
@@ -18,6 +19,7 @@ use crate::{
 
 const ARGS_MASK: u32 = ARGS_MAX as u32 - 1;
 const FILENAME_MASK: u32 = EXEC_FILENAME_MAX as u32 - 1;
+const ENV_MASK: u32 = ENV_MAX as u32 - 1;
 
 /// `sched_process_exec(task, old_pid, bprm)`: the new program image is in place, so
 /// `mm->exe_file` and the argv on the new stack are the new program's.
@@ -103,9 +105,31 @@ pub fn exec(ctx: &RawTracePointContext) -> Result<(), i64> {
         }
     }
     ev.args_len = alen;
-    let size = fixed as u32 + plen + flen + alen;
+
+    // The environment, the same way (names and fingerprints are all userspace keeps of it).
+    let mut elen = 0;
+    let env_start = read::<u64>(mm, off!(mm_env_start)).unwrap_or(0);
+    let env_end = read::<u64>(mm, off!(mm_env_end)).unwrap_or(0);
+    if env_end > env_start {
+        let mut want = env_end - env_start;
+        if want > ENV_MASK as u64 {
+            want = ENV_MASK as u64;
+            ev.flags |= ENV_TRUNCATED;
+        }
+        let at = fixed + plen as usize + flen as usize + alen as usize;
+        let dst = unsafe { (buf as *mut u8).add(at) };
+        let n = want as u32 & ENV_MASK;
+        if unsafe { bpf_probe_read_user(dst.cast(), n, env_start as *const _) } < 0 {
+            ev.flags |= ENV_READ_ERROR;
+        } else {
+            elen = n;
+        }
+    }
+    ev.env_len = elen;
+    ev._pad = 0;
+    let size = fixed as u32 + plen + flen + alen + elen;
     ev.header = header(EventKind::ProcessExec, size as usize);
-    output(buf as *const u8, size as u64 & 0x1fff);
+    output(buf as *const u8, size as u64 & 0x3fff);
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use sensor_common::{NAME_KEY_LEN, PATH_BUF, PREFIX_KEY_LEN};
 
 /// Size of the record buffer: the largest record is an exec (fixed part + path + file name +
 /// argv, each bounded by a mask), well under this.
-pub const EVENT_SCRATCH_LEN: usize = 8192;
+pub const EVENT_SCRATCH_LEN: usize = 16384;
 
 #[repr(C)]
 pub struct EventScratch {

@@ -13,6 +13,8 @@ pub enum KernelEvent {
         exe: Vec<u8>,
         filename: Vec<u8>,
         args: Vec<u8>,
+        /// Raw `NAME=value` strings: secret material.
+        env: SecretBytes,
     },
     Fork(ForkEvent),
     Exit(ExitEvent),
@@ -26,6 +28,16 @@ pub enum KernelEvent {
     UdpSend(NetConnectEvent),
     ConnectResult(NetResultEvent),
     Accept(NetAcceptEvent),
+}
+
+/// Bytes that may hold secrets (environment values). Only names and keyed fingerprints derived
+/// from them may leave the process; `Debug` shows the length only, so a log line cannot leak them.
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes redacted>", self.0.len())
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -91,13 +103,14 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
     Ok(match kind {
         EventKind::ProcessExec => {
             let ev: ExecEvent = read_struct(bytes, "exec")?;
-            let [exe, filename, args] = payloads(
+            let [exe, filename, args, env] = payloads(
                 bytes,
                 size_of::<ExecEvent>(),
                 [
                     ev.exe.len as usize,
                     ev.filename_len as usize,
                     ev.args_len as usize,
+                    ev.env_len as usize,
                 ],
                 "exec",
             )?;
@@ -106,6 +119,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
                 exe: exe.to_vec(),
                 filename: filename.to_vec(),
                 args: args.to_vec(),
+                env: SecretBytes(env.to_vec()),
             }
         }
         EventKind::ProcessFork => KernelEvent::Fork(read_struct(bytes, "fork")?),
@@ -158,6 +172,12 @@ mod tests {
             }
             other => panic!("decoded {other:?}"),
         }
+    }
+
+    #[test]
+    fn secret_bytes_never_print() {
+        let s = SecretBytes(b"AWS_SECRET_ACCESS_KEY=abc".to_vec());
+        assert_eq!(format!("{s:?}"), "<25 bytes redacted>");
     }
 
     #[test]

@@ -230,6 +230,7 @@ impl<W: Write> Pipeline<W> {
                 exe,
                 filename,
                 args,
+                env: _,
             } => {
                 let start = procfs::start_ticks_from_ns(ev.task.start_ns);
                 let argv = event::split_args(&args);
