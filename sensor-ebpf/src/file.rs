@@ -11,9 +11,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use sensor_common::{
-    CLOSE_SYSCALL, Counter, EventKind, FdKey, FdState, FileCloseEvent, FileOpenEvent, NAME_KEY_LEN,
-    OpenArgs, PATH_BUF, PATH_TRUNCATED, PATH_UNRESOLVED, PREFIX_KEY_LEN, PathInfo, Setting,
-    WATCH_NAME, WATCH_NAME_PREFIX, WATCH_NAME_SUFFIX, WATCH_PREFIX, WATCH_TRUNCATED,
+    CLOSE_EXIT, CLOSE_SYSCALL, Counter, EventKind, FdKey, FdState, FileCloseEvent, FileOpenEvent,
+    NAME_KEY_LEN, OpenArgs, PATH_BUF, PATH_TRUNCATED, PATH_UNRESOLVED, PREFIX_KEY_LEN, PathInfo,
+    Setting, WATCH_NAME, WATCH_NAME_PREFIX, WATCH_NAME_SUFFIX, WATCH_PREFIX, WATCH_TRUNCATED,
 };
 
 use crate::{
@@ -22,6 +22,7 @@ use crate::{
     maps::{
         EVENT_SCRATCH, INFLIGHT_READS, NAME_SCRATCH, OPEN_ARGS, PATH_SCRATCH, SETTINGS,
         WATCH_NAME_PREFIXES, WATCH_NAME_SUFFIXES, WATCH_NAMES, WATCH_PREFIXES, WATCHED_FDS,
+        WATCHED_FILES,
     },
     path,
     scratch::{NameScratch, PathScratch},
@@ -179,7 +180,7 @@ pub fn openat2_enter(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 #[inline(always)]
-fn is_read_open(flags: u32) -> bool {
+pub fn is_read_open(flags: u32) -> bool {
     flags & O_ACCMODE != O_WRONLY && flags & O_PATH == 0
 }
 
@@ -207,13 +208,24 @@ fn remember_open(filename: u64, flags: u32, dfd: i32) -> Result<(), i64> {
 /// gives the canonical path. (Failed opens are [`open_failed_exit`]'s, a separate program so each
 /// stays well inside the verifier's budget.)
 pub fn open_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let ret: i64 = unsafe { ctx.read_at(TP_RET) }?;
+    open_ok(ret, syscall_nr(ctx))
+}
+
+#[inline(always)]
+fn syscall_nr(ctx: &TracePointContext) -> u32 {
+    unsafe { ctx.read_at::<i32>(TP_SYSCALL_NR) }.unwrap_or(-1) as u32
+}
+
+/// A finished open (from any hook): `ret` is the fd or `-errno`.
+#[inline(always)]
+pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if tgid == sensor_tgid() {
         return Ok(());
     }
     count(Counter::OpensSeen);
-    let ret: i64 = unsafe { ctx.read_at(TP_RET) }?;
     if ret < 0 {
         return Ok(());
     }
@@ -260,10 +272,11 @@ pub fn open_exit(ctx: &TracePointContext) -> Result<(), i64> {
         tgid,
         fd: ret as u32,
     };
-    if WATCHED_FDS.insert(&key, &state, 0).is_err() {
+    if WATCHED_FDS.insert(&key, &state, 0).is_err() || WATCHED_FILES.insert(&file, &key, 0).is_err()
+    {
         count(Counter::DropMapFull);
     }
-    emit_open(ctx, ns, ps, ret, f_flags, (dev, ino, mode));
+    emit_open(syscall_nr, ns, ps, ret, f_flags, (dev, ino, mode));
     Ok(())
 }
 
@@ -277,14 +290,22 @@ const POS_MASK: u32 = PATH_BUF as u32 - 1;
 /// relative one is joined to the directory it was relative to (working directory or `dfd`),
 /// which is resolved in the kernel like any path.
 pub fn open_failed_exit(ctx: &TracePointContext) -> Result<(), i64> {
-    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let Some(args) = (unsafe { OPEN_ARGS.get(&tid) }).copied() else {
         return Ok(());
     };
     let _ = OPEN_ARGS.remove(&tid);
     let ret: i64 = unsafe { ctx.read_at(TP_RET) }?;
-    if ret >= 0 {
+    open_failed(&args, ret, syscall_nr(ctx))
+}
+
+/// A failed open (from any hook), with the arguments the process passed.
+#[inline(always)]
+pub fn open_failed(args: &OpenArgs, ret: i64, syscall_nr: u32) -> Result<(), i64> {
+    if ret >= 0 || !is_read_open(args.flags) {
+        return Ok(());
+    }
+    if (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32 == sensor_tgid() {
         return Ok(());
     }
     let Some(ns) = NAME_SCRATCH.get_ptr_mut(0) else {
@@ -351,7 +372,7 @@ pub fn open_failed_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if !decide(ns, ps) {
         return Ok(());
     }
-    emit_open(ctx, ns, ps, ret, args.flags, (0, 0, 0));
+    emit_open(syscall_nr, ns, ps, ret, args.flags, (0, 0, 0));
     Ok(())
 }
 
@@ -382,7 +403,7 @@ fn decide(ns: *mut NameScratch, ps: *mut PathScratch) -> bool {
 /// when the open failed.
 #[inline(always)]
 fn emit_open(
-    ctx: &TracePointContext,
+    syscall_nr: u32,
     ns: *mut NameScratch,
     ps: *mut PathScratch,
     ret: i64,
@@ -405,7 +426,7 @@ fn emit_open(
     ev.ret = ret;
     (ev.dev, ev.ino, ev.mode) = inode;
     ev.open_flags = open_flags;
-    ev.syscall_nr = unsafe { ctx.read_at::<i32>(TP_SYSCALL_NR) }.unwrap_or(-1) as u32;
+    ev.syscall_nr = syscall_nr;
     ev.matched = matched(ns);
     let dst = unsafe { (buf as *mut u8).add(fixed) };
     let src = unsafe {
@@ -462,17 +483,31 @@ pub fn read_exit(ctx: &TracePointContext) -> Result<(), i64> {
         tgid: (pid_tgid >> 32) as u32,
         fd,
     };
-    if let Some(state) = WATCHED_FDS.get_ptr_mut(&key) {
+    add_bytes(&key, ret as u64);
+    Ok(())
+}
+
+/// A read of `ret` bytes through `file`, seen by a hook that has the `struct file` but not the
+/// fd (`fexit` on the VFS read functions).
+#[inline(always)]
+pub fn file_read(file: u64, ret: i64) {
+    if ret <= 0 {
+        return;
+    }
+    if let Some(key) = unsafe { WATCHED_FILES.get(&file) }.copied() {
+        add_bytes(&key, ret as u64);
+    }
+}
+
+#[inline(always)]
+fn add_bytes(key: &FdKey, ret: u64) {
+    if let Some(state) = WATCHED_FDS.get_ptr_mut(key) {
         // Threads of one process may read the same fd on several CPUs at once.
         unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                &raw mut (*state).bytes_read,
-                ret as u64,
-            );
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).bytes_read, ret);
             atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).reads, 1);
         }
     }
-    Ok(())
 }
 
 /// `syscalls:sys_enter_close`: report a watched fd's totals and forget it.
@@ -487,18 +522,49 @@ pub fn close_enter(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let _ = WATCHED_FDS.remove(&key);
+    let _ = WATCHED_FILES.remove(&state.file);
     if state.file != fd_to_file(current_task(), fd) {
         return Ok(());
     }
+    emit_close(&key, &state, CLOSE_SYSCALL);
+    Ok(())
+}
+
+/// `filp_close(file, owner)` (fentry): an fd of `file` is being closed, by `close` or because
+/// the process exits (`PF_EXITING`).
+#[inline(always)]
+pub fn file_closing(file: u64) {
+    let Some(key) = unsafe { WATCHED_FILES.get(&file) }.copied() else {
+        return;
+    };
+    let _ = WATCHED_FILES.remove(&file);
+    let Some(state) = (unsafe { WATCHED_FDS.get(&key) }).copied() else {
+        return;
+    };
+    let _ = WATCHED_FDS.remove(&key);
+    let flags = read::<u32>(current_task(), off!(task_flags)).unwrap_or(0);
+    let reason = if flags & PF_EXITING != 0 {
+        CLOSE_EXIT
+    } else {
+        CLOSE_SYSCALL
+    };
+    emit_close(&key, &state, reason);
+}
+
+/// `task_struct.flags`: the task is exiting.
+const PF_EXITING: u32 = 0x4;
+
+#[inline(always)]
+fn emit_close(key: &FdKey, state: &FdState, reason: u32) {
     let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
-        return Ok(());
+        return;
     };
     let ev = unsafe { &mut *(buf as *mut FileCloseEvent) };
     ev.header = header(EventKind::FileClose, core::mem::size_of::<FileCloseEvent>());
     fill_current(&mut ev.task);
-    ev.fd = fd as i32;
-    ev.reason = CLOSE_SYSCALL;
+    ev.fd = key.fd as i32;
+    ev.reason = reason;
     ev.bytes_read = state.bytes_read;
     ev.reads = state.reads;
     ev.dev = state.dev;
@@ -507,5 +573,4 @@ pub fn close_enter(ctx: &TracePointContext) -> Result<(), i64> {
         buf as *const u8,
         core::mem::size_of::<FileCloseEvent>() as u64,
     );
-    Ok(())
 }

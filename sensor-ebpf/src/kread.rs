@@ -96,6 +96,15 @@ pub fn fd_to_file(task: u64, fd: u64) -> u64 {
 #[inline(always)]
 pub fn read_creds(task: u64, creds: &mut Creds) -> Result<(), i64> {
     let cred = read_ptr(task, off!(task_real_cred))?;
+    read_cred_struct(cred, creds)?;
+    creds.loginuid = read::<u32>(task, off!(task_loginuid)).unwrap_or(u32::MAX);
+    creds.sessionid = read::<u32>(task, off!(task_sessionid)).unwrap_or(u32::MAX);
+    Ok(())
+}
+
+/// The ids and capabilities of one `struct cred` (login identity left as is).
+#[inline(always)]
+pub fn read_cred_struct(cred: u64, creds: &mut Creds) -> Result<(), i64> {
     creds.uid = read::<u32>(cred, off!(cred_uid))?;
     creds.gid = read::<u32>(cred, off!(cred_gid))?;
     creds.euid = read::<u32>(cred, off!(cred_euid))?;
@@ -106,8 +115,6 @@ pub fn read_creds(task: u64, creds: &mut Creds) -> Result<(), i64> {
     creds.fsgid = read::<u32>(cred, off!(cred_fsgid))?;
     creds.cap_effective = read::<u64>(cred, off!(cred_cap_effective))?;
     creds.cap_permitted = read::<u64>(cred, off!(cred_cap_permitted))?;
-    creds.loginuid = read::<u32>(task, off!(task_loginuid)).unwrap_or(u32::MAX);
-    creds.sessionid = read::<u32>(task, off!(task_sessionid)).unwrap_or(u32::MAX);
     Ok(())
 }
 

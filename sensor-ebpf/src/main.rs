@@ -20,30 +20,51 @@ mod process;
 mod scratch;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, cgroup_sock_addr, fentry, lsm, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, cgroup_sock_addr, fentry, fexit, lsm, raw_tracepoint, tracepoint},
     programs::{
-        BtfTracePointContext, FEntryContext, LsmContext, RawTracePointContext, SockAddrContext,
-        TracePointContext,
+        BtfTracePointContext, FEntryContext, FExitContext, LsmContext, RawTracePointContext,
+        SockAddrContext, TracePointContext,
     },
 };
+use sensor_common::{OpenArgs, SYSCALL_NONE};
 
 // ---- process lifecycle (raw tracepoints: since 4.17, no BTF needed) ----
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
-    let _ = process::exec(&ctx);
+    let _ = process::exec(ctx.arg(1), ctx.arg(2));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
-    let _ = process::fork(&ctx);
+    let _ = process::fork(ctx.arg(1));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
-pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
-    let _ = process::exit(&ctx);
+pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
+    let _ = process::exit();
+    0
+}
+
+// The same as BTF tracepoints (5.5+): typed arguments, no per-event argument copy.
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn btf_sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+    let _ = process::exec(ctx.arg(1), ctx.arg(2));
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn btf_sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    let _ = process::fork(ctx.arg(1));
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn btf_sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
+    let _ = process::exit();
     0
 }
 
@@ -167,21 +188,96 @@ pub fn net_accept_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
-// ---- capability probes: `nhi-sensor check` loads these to learn whether this kernel allows a
-// program type. They do nothing and are never attached. ----
+// ---- fentry/fexit: where the kernel allows them, these replace every syscall tracepoint.
+// A syscall tracepoint, once enabled, sends every syscall of every task through the tracing slow
+// path; a trampoline costs only the functions it is attached to. ----
+
+/// `long do_sys_openat2(int dfd, const char __user *filename, struct open_how *how)`: every
+/// open/openat/openat2/creat, successful ones here.
+#[fexit(function = "do_sys_openat2")]
+pub fn fexit_open(ctx: FExitContext) -> i32 {
+    let _ = file::open_ok(ctx.arg(3), SYSCALL_NONE);
+    0
+}
+
+/// The same function, failed opens (a separate program keeps each inside the verifier budget).
+#[fexit(function = "do_sys_openat2")]
+pub fn fexit_open_failed(ctx: FExitContext) -> i32 {
+    let ret: i64 = ctx.arg(3);
+    if ret < 0 {
+        let how: u64 = ctx.arg(2);
+        let args = OpenArgs {
+            filename: ctx.arg(1),
+            flags: kread::read::<u64>(how, 0).unwrap_or(0) as u32,
+            dfd: ctx.arg::<i64>(0) as i32,
+        };
+        let _ = file::open_failed(&args, ret, SYSCALL_NONE);
+    }
+    0
+}
+
+/// `ssize_t vfs_read(struct file *, char __user *, size_t, loff_t *)`.
+#[fexit(function = "vfs_read")]
+pub fn fexit_vfs_read(ctx: FExitContext) -> i32 {
+    file::file_read(ctx.arg(0), ctx.arg(4));
+    0
+}
+
+/// `ssize_t vfs_readv(struct file *, const struct iovec __user *, unsigned long, loff_t *, rwf_t)`.
+#[fexit(function = "vfs_readv")]
+pub fn fexit_vfs_readv(ctx: FExitContext) -> i32 {
+    file::file_read(ctx.arg(0), ctx.arg(5));
+    0
+}
+
+/// `long do_splice_direct(struct file *in, loff_t *, struct file *out, loff_t *, size_t, unsigned)`:
+/// sendfile and copy_file_range.
+#[fexit(function = "do_splice_direct")]
+pub fn fexit_splice_direct(ctx: FExitContext) -> i32 {
+    file::file_read(ctx.arg(0), ctx.arg(6));
+    0
+}
+
+/// `long do_splice(struct file *in, loff_t *, struct file *out, loff_t *, size_t, unsigned)`.
+#[fexit(function = "do_splice")]
+pub fn fexit_splice(ctx: FExitContext) -> i32 {
+    file::file_read(ctx.arg(0), ctx.arg(6));
+    0
+}
+
+/// `int filp_close(struct file *, fl_owner_t)`: close(2), and every fd at process exit.
+#[fentry(function = "filp_close")]
+pub fn fentry_filp_close(ctx: FEntryContext) -> i32 {
+    file::file_closing(ctx.arg(0));
+    0
+}
+
+/// `int commit_creds(struct cred *new)`.
+#[fentry(function = "commit_creds")]
+pub fn fentry_commit_creds(ctx: FEntryContext) -> i32 {
+    let _ = process::commit_creds(ctx.arg(0));
+    0
+}
+
+/// `int __sys_connect(int fd, struct sockaddr __user *, int addrlen)`.
+#[fexit(function = "__sys_connect")]
+pub fn fexit_sys_connect(ctx: FExitContext) -> i32 {
+    let _ = net::connect_returned(ctx.arg::<i64>(3) as i32 as i64);
+    0
+}
+
+/// `int __sys_accept4(int fd, struct sockaddr __user *, int __user *, int flags)`.
+#[fexit(function = "__sys_accept4")]
+pub fn fexit_sys_accept4(ctx: FExitContext) -> i32 {
+    let _ = net::accepted(ctx.arg::<i64>(4) as i32 as i64);
+    0
+}
+
+// ---- capability probe: `nhi-sensor check` loads it to learn whether this kernel allows BPF
+// LSM programs. It does nothing and is never attached. ----
 
 #[lsm(hook = "file_open")]
 pub fn probe_lsm(_ctx: LsmContext) -> i32 {
-    0
-}
-
-#[fentry(function = "security_file_open")]
-pub fn probe_fentry(_ctx: FEntryContext) -> u32 {
-    0
-}
-
-#[btf_tracepoint(function = "sched_process_exec")]
-pub fn probe_tp_btf(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 

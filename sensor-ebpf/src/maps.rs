@@ -50,6 +50,11 @@ pub static WATCHED_FDS: HashMap<FdKey, FdState> = HashMap::with_max_entries(1638
 #[map]
 pub static OPEN_ARGS: LruHashMap<u32, OpenArgs> = LruHashMap::with_max_entries(8192, 0);
 
+/// `struct file *` → its watched fd: lets hooks that see the file but not the fd (fexit on the
+/// VFS read functions, fentry on `filp_close`) find the fd's counters.
+#[map]
+pub static WATCHED_FILES: HashMap<u64, FdKey> = HashMap::with_max_entries(16384, 0);
+
 /// Thread id → fd of a read syscall in flight on a watched fd.
 #[map]
 pub static INFLIGHT_READS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(8192, 0);

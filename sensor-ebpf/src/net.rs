@@ -120,12 +120,18 @@ pub fn sendmsg(ctx: &SockAddrContext, v6: bool) {
 /// `syscalls:sys_exit_connect`: a TCP connect that failed before it sent a SYN (no route,
 /// refused by policy, ...) never reaches `inet_sock_set_state`.
 pub fn connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let ret: i64 = unsafe { ctx.read_at(16) }?;
+    connect_returned(ret)
+}
+
+/// The connect syscall returned `ret` (from any hook: `sys_exit_connect`, fexit `__sys_connect`).
+#[inline(always)]
+pub fn connect_returned(ret: i64) -> Result<(), i64> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let Some(cookie) = (unsafe { CONNECT_SYSCALLS.get(&tid) }).copied() else {
         return Ok(());
     };
     let _ = CONNECT_SYSCALLS.remove(&tid);
-    let ret: i64 = unsafe { ctx.read_at(16) }?;
     if ret >= 0 || ret == -EINPROGRESS {
         return Ok(());
     }
@@ -218,11 +224,17 @@ pub fn tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
 
 /// `syscalls:sys_exit_accept{,4}`: an inbound connection handed to a process.
 pub fn accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let ret: i64 = unsafe { ctx.read_at(16) }?;
+    accepted(ret)
+}
+
+/// An accept returned `ret`, the new fd or `-errno` (from any hook).
+#[inline(always)]
+pub fn accepted(ret: i64) -> Result<(), i64> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == sensor_tgid() {
         return Ok(());
     }
-    let ret: i64 = unsafe { ctx.read_at(16) }?;
     if ret < 0 {
         return Ok(());
     }

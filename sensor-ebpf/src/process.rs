@@ -2,17 +2,19 @@
 
 use aya_ebpf::{
     helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::TracePointContext,
 };
 use sensor_common::{
     ARGS_MAX, ARGS_READ_ERROR, ARGS_TRUNCATED, Counter, CredChangeEvent, Creds, ENV_MAX,
     ENV_READ_ERROR, ENV_TRUNCATED, EXEC_FILENAME_MAX, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    PathInfo,
+    PathInfo, SYSCALL_NONE,
 };
 
 use crate::{
     emit::{count, header, output, output_value},
-    kread::{current_task, fill_current, off, read, read_creds, read_ptr, sensor_tgid},
+    kread::{
+        current_task, fill_current, off, read, read_cred_struct, read_creds, read_ptr, sensor_tgid,
+    },
     maps::{CRED_SNAPSHOTS, EVENT_SCRATCH, PATH_SCRATCH},
     path,
 };
@@ -23,10 +25,9 @@ const ENV_MASK: u32 = ENV_MAX as u32 - 1;
 
 /// `sched_process_exec(task, old_pid, bprm)`: the new program image is in place, so
 /// `mm->exe_file` and the argv on the new stack are the new program's.
-pub fn exec(ctx: &RawTracePointContext) -> Result<(), i64> {
+/// Takes the tracepoint's arguments (the same for raw and BTF tracepoints).
+pub fn exec(old_pid: u64, bprm: u64) -> Result<(), i64> {
     let task = current_task();
-    let old_pid: u64 = ctx.arg(1);
-    let bprm: u64 = ctx.arg(2);
     let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
         return Ok(());
@@ -134,8 +135,7 @@ pub fn exec(ctx: &RawTracePointContext) -> Result<(), i64> {
 }
 
 /// `sched_process_fork(parent, child)`: a new process (threads are skipped). Runs in the parent.
-pub fn fork(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let child: u64 = ctx.arg(1);
+pub fn fork(child: u64) -> Result<(), i64> {
     let child_pid = read::<u32>(child, off!(task_pid))?;
     let child_tgid = read::<u32>(child, off!(task_tgid))?;
     if child_pid != child_tgid {
@@ -161,7 +161,7 @@ pub fn fork(ctx: &RawTracePointContext) -> Result<(), i64> {
 /// `sched_process_exit(task[, group_dead])`: report when the last thread of a process exits.
 /// `signal->live` has been decremented before the tracepoint fires, so 0 means the group is dead
 /// (the `group_dead` argument only exists on recent kernels).
-pub fn exit(_ctx: &RawTracePointContext) -> Result<(), i64> {
+pub fn exit() -> Result<(), i64> {
     let task = current_task();
     let signal = read_ptr(task, off!(task_signal))?;
     let live = read::<i32>(signal, off!(signal_live))?;
@@ -199,21 +199,42 @@ pub fn cred_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let _ = CRED_SNAPSHOTS.remove(&tid);
+    let nr = unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1) as u32;
+    emit_cred_change(&old, None, nr)
+}
+
+/// `commit_creds(new)` (fentry): every credential change, whatever caused it (set*id, capset,
+/// setgroups, a setuid exec, keyctl, ...). The task still has its old credentials.
+pub fn commit_creds(new: u64) -> Result<(), i64> {
+    let mut old = Creds::default();
+    read_creds(current_task(), &mut old)?;
+    emit_cred_change(&old, Some(new), SYSCALL_NONE)
+}
+
+/// Emits a change from `old` to the task's current credentials, or to `new` (a `struct cred *`
+/// about to be installed) when given. Nothing when nothing changed.
+#[inline(always)]
+fn emit_cred_change(old: &Creds, new: Option<u64>, syscall_nr: u32) -> Result<(), i64> {
     let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
         return Ok(());
     };
     let ev = unsafe { &mut *(buf as *mut CredChangeEvent) };
     fill_current(&mut ev.task);
-    if ev.task.creds == old {
+    if let Some(new) = new {
+        let login = (ev.task.creds.loginuid, ev.task.creds.sessionid);
+        read_cred_struct(new, &mut ev.task.creds)?;
+        (ev.task.creds.loginuid, ev.task.creds.sessionid) = login;
+    }
+    if ev.task.creds == *old {
         return Ok(());
     }
     ev.header = header(
         EventKind::CredChange,
         core::mem::size_of::<CredChangeEvent>(),
     );
-    ev.old = old;
-    ev.syscall_nr = unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1) as u32;
+    ev.old = *old;
+    ev.syscall_nr = syscall_nr;
     ev._pad = 0;
     output_value(ev);
     Ok(())

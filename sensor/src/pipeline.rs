@@ -95,6 +95,7 @@ pub struct Pipeline<W: Write> {
     counters: LocalCounters,
     connect_wait: Duration,
     last_kernel_drops: u64,
+    kernel_reports_exit_closes: bool,
 }
 
 pub struct PipelineParts {
@@ -104,6 +105,9 @@ pub struct PipelineParts {
     pub watched_fds: BpfHashMap<MapData, FdKey, FdState>,
     pub counters_map: PerCpuArray<MapData, u64>,
     pub connect_wait: Duration,
+    /// The chosen file-read hook (fentry `filp_close`) reports fds closed by process exit
+    /// itself; otherwise userspace reports them from the kernel's counters.
+    pub kernel_reports_exit_closes: bool,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -115,6 +119,7 @@ impl<W: Write> Pipeline<W> {
             watched_fds,
             counters_map,
             connect_wait,
+            kernel_reports_exit_closes,
         } = parts;
         Self {
             out,
@@ -131,6 +136,7 @@ impl<W: Write> Pipeline<W> {
             counters: LocalCounters::default(),
             connect_wait,
             last_kernel_drops: 0,
+            kernel_reports_exit_closes,
         }
     }
 
@@ -530,6 +536,10 @@ impl<W: Write> Pipeline<W> {
         boot_ns: u64,
         process: &event::Process,
     ) -> std::io::Result<()> {
+        if self.kernel_reports_exit_closes {
+            // Their close events follow the exit event (the kernel closes fds after it).
+            return Ok(());
+        }
         let Some(fds) = self.open_fds.remove(&tgid) else {
             return Ok(());
         };
