@@ -155,6 +155,7 @@ fn match_prefix(ps: *mut PathScratch) -> u32 {
 }
 
 /// `syscalls:sys_enter_open`: `open(filename, flags, mode)`.
+#[inline(always)]
 pub fn open_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let filename: u64 = unsafe { ctx.read_at(TP_ARG0) }?;
     let flags: u64 = unsafe { ctx.read_at(TP_ARG1) }?;
@@ -162,6 +163,7 @@ pub fn open_enter(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 /// `syscalls:sys_enter_openat`: `openat(dfd, filename, flags, mode)`.
+#[inline(always)]
 pub fn openat_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let dfd: i64 = unsafe { ctx.read_at(TP_ARG0) }?;
     let filename: u64 = unsafe { ctx.read_at(TP_ARG1) }?;
@@ -171,6 +173,7 @@ pub fn openat_enter(ctx: &TracePointContext) -> Result<(), i64> {
 
 /// `syscalls:sys_enter_openat2`: `openat2(dfd, filename, how, size)`; the flags are the first
 /// field of the user's `struct open_how`.
+#[inline(always)]
 pub fn openat2_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let dfd: i64 = unsafe { ctx.read_at(TP_ARG0) }?;
     let filename: u64 = unsafe { ctx.read_at(TP_ARG1) }?;
@@ -207,6 +210,7 @@ fn remember_open(filename: u64, flags: u32, dfd: i32) -> Result<(), i64> {
 /// `syscalls:sys_exit_{open,openat,openat2}`, successful opens: the new fd's `struct file`
 /// gives the canonical path. (Failed opens are [`open_failed_exit`]'s, a separate program so each
 /// stays well inside the verifier's budget.)
+#[inline(always)]
 pub fn open_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let ret: i64 = unsafe { ctx.read_at(TP_RET) }?;
     open_ok(ret, syscall_nr(ctx))
@@ -289,6 +293,7 @@ const POS_MASK: u32 = PATH_BUF as u32 - 1;
 /// denied on a credential is a signal in itself). The path is the string the process passed; a
 /// relative one is joined to the directory it was relative to (working directory or `dfd`),
 /// which is resolved in the kernel like any path.
+#[inline(always)]
 pub fn open_failed_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let Some(args) = (unsafe { OPEN_ARGS.get(&tid) }).copied() else {
@@ -444,6 +449,7 @@ fn emit_open(
 
 /// `syscalls:sys_enter_*` of the syscalls that read from an fd: remember reads on watched fds.
 /// `fd_arg` is the record offset of the source fd argument.
+#[inline(always)]
 pub fn read_enter(ctx: &TracePointContext, fd_arg: usize) -> Result<(), i64> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let fd: u64 = unsafe { ctx.read_at(fd_arg) }?;
@@ -468,6 +474,7 @@ pub fn read_enter(ctx: &TracePointContext, fd_arg: usize) -> Result<(), i64> {
 }
 
 /// `syscalls:sys_exit_{read,...}`: add the bytes read to the fd's counters.
+#[inline(always)]
 pub fn read_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
@@ -511,6 +518,7 @@ fn add_bytes(key: &FdKey, ret: u64) {
 }
 
 /// `syscalls:sys_enter_close`: report a watched fd's totals and forget it.
+#[inline(always)]
 pub fn close_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let fd: u64 = unsafe { ctx.read_at(TP_ARG0) }?;

@@ -28,21 +28,28 @@ use aya_ebpf::{
 };
 use sensor_common::{OpenArgs, SYSCALL_NONE};
 
+// Every entry point below is `#[inline(always)]`: the program macros wrap it in the real entry
+// function, and an out-of-line copy would be a BPF global function taking the context pointer,
+// which kernels before ~6.6 reject ("reg type unsupported for arg#0").
+
 // ---- process lifecycle (raw tracepoints: since 4.17, no BTF needed) ----
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
+#[inline(always)]
 pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let _ = process::exec(ctx.arg(1), ctx.arg(2));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
+#[inline(always)]
 pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let _ = process::fork(ctx.arg(1));
     0
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
+#[inline(always)]
 pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     let _ = process::exit();
     0
@@ -51,18 +58,21 @@ pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
 // The same as BTF tracepoints (5.5+): typed arguments, no per-event argument copy.
 
 #[btf_tracepoint(function = "sched_process_exec")]
+#[inline(always)]
 pub fn btf_sched_process_exec(ctx: BtfTracePointContext) -> i32 {
     let _ = process::exec(ctx.arg(1), ctx.arg(2));
     0
 }
 
 #[btf_tracepoint(function = "sched_process_fork")]
+#[inline(always)]
 pub fn btf_sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     let _ = process::fork(ctx.arg(1));
     0
 }
 
 #[btf_tracepoint(function = "sched_process_exit")]
+#[inline(always)]
 pub fn btf_sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     let _ = process::exit();
     0
@@ -71,12 +81,14 @@ pub fn btf_sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
 // ---- credential changes (one enter/exit pair attached to every set*id syscall) ----
 
 #[tracepoint]
+#[inline(always)]
 pub fn cred_enter(ctx: TracePointContext) -> u32 {
     let _ = process::cred_enter(&ctx);
     0
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn cred_exit(ctx: TracePointContext) -> u32 {
     let _ = process::cred_exit(&ctx);
     0
@@ -85,18 +97,21 @@ pub fn cred_exit(ctx: TracePointContext) -> u32 {
 // ---- files ----
 
 #[tracepoint(category = "syscalls", name = "sys_enter_open")]
+#[inline(always)]
 pub fn file_open_enter(ctx: TracePointContext) -> u32 {
     let _ = file::open_enter(&ctx);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_openat")]
+#[inline(always)]
 pub fn file_openat_enter(ctx: TracePointContext) -> u32 {
     let _ = file::openat_enter(&ctx);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_openat2")]
+#[inline(always)]
 pub fn file_openat2_enter(ctx: TracePointContext) -> u32 {
     let _ = file::openat2_enter(&ctx);
     0
@@ -104,6 +119,7 @@ pub fn file_openat2_enter(ctx: TracePointContext) -> u32 {
 
 /// Attached to `sys_exit_open`, `sys_exit_openat` and `sys_exit_openat2`: successful opens.
 #[tracepoint]
+#[inline(always)]
 pub fn file_open_exit(ctx: TracePointContext) -> u32 {
     let _ = file::open_exit(&ctx);
     0
@@ -111,6 +127,7 @@ pub fn file_open_exit(ctx: TracePointContext) -> u32 {
 
 /// Attached to the same tracepoints: failed opens.
 #[tracepoint]
+#[inline(always)]
 pub fn file_open_failed_exit(ctx: TracePointContext) -> u32 {
     let _ = file::open_failed_exit(&ctx);
     0
@@ -119,6 +136,7 @@ pub fn file_open_failed_exit(ctx: TracePointContext) -> u32 {
 /// Attached to the enter tracepoints of the syscalls whose first argument is the fd read from:
 /// `read`, `readv`, `pread64`, `preadv`, `preadv2`, `splice`, `copy_file_range`.
 #[tracepoint]
+#[inline(always)]
 pub fn file_read_enter(ctx: TracePointContext) -> u32 {
     let _ = file::read_enter(&ctx, file::TP_ARG0);
     0
@@ -126,18 +144,21 @@ pub fn file_read_enter(ctx: TracePointContext) -> u32 {
 
 /// `sendfile64(out_fd, in_fd, ...)`: the fd read from is the second argument.
 #[tracepoint(category = "syscalls", name = "sys_enter_sendfile64")]
+#[inline(always)]
 pub fn file_sendfile_enter(ctx: TracePointContext) -> u32 {
     let _ = file::read_enter(&ctx, file::TP_ARG1);
     0
 }
 
 #[tracepoint]
+#[inline(always)]
 pub fn file_read_exit(ctx: TracePointContext) -> u32 {
     let _ = file::read_exit(&ctx);
     0
 }
 
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
+#[inline(always)]
 pub fn file_close_enter(ctx: TracePointContext) -> u32 {
     let _ = file::close_enter(&ctx);
     0
@@ -146,36 +167,42 @@ pub fn file_close_enter(ctx: TracePointContext) -> u32 {
 // ---- network ----
 
 #[cgroup_sock_addr(connect4)]
+#[inline(always)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
     net::connect(&ctx, false);
     1
 }
 
 #[cgroup_sock_addr(connect6)]
+#[inline(always)]
 pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
     net::connect(&ctx, true);
     1
 }
 
 #[cgroup_sock_addr(sendmsg4)]
+#[inline(always)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
     net::sendmsg(&ctx, false);
     1
 }
 
 #[cgroup_sock_addr(sendmsg6)]
+#[inline(always)]
 pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
     net::sendmsg(&ctx, true);
     1
 }
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
+#[inline(always)]
 pub fn net_connect_exit(ctx: TracePointContext) -> u32 {
     let _ = net::connect_exit(&ctx);
     0
 }
 
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
+#[inline(always)]
 pub fn net_tcp_state(ctx: TracePointContext) -> u32 {
     let _ = net::tcp_state(&ctx);
     0
@@ -183,6 +210,7 @@ pub fn net_tcp_state(ctx: TracePointContext) -> u32 {
 
 /// Attached to `sys_exit_accept` and `sys_exit_accept4`.
 #[tracepoint]
+#[inline(always)]
 pub fn net_accept_exit(ctx: TracePointContext) -> u32 {
     let _ = net::accept_exit(&ctx);
     0
@@ -195,6 +223,7 @@ pub fn net_accept_exit(ctx: TracePointContext) -> u32 {
 /// `long do_sys_openat2(int dfd, const char __user *filename, struct open_how *how)`: every
 /// open/openat/openat2/creat, successful ones here.
 #[fexit(function = "do_sys_openat2")]
+#[inline(always)]
 pub fn fexit_open(ctx: FExitContext) -> i32 {
     let _ = file::open_ok(ctx.arg(3), SYSCALL_NONE);
     0
@@ -202,6 +231,7 @@ pub fn fexit_open(ctx: FExitContext) -> i32 {
 
 /// The same function, failed opens (a separate program keeps each inside the verifier budget).
 #[fexit(function = "do_sys_openat2")]
+#[inline(always)]
 pub fn fexit_open_failed(ctx: FExitContext) -> i32 {
     let ret: i64 = ctx.arg(3);
     if ret < 0 {
@@ -218,6 +248,7 @@ pub fn fexit_open_failed(ctx: FExitContext) -> i32 {
 
 /// `ssize_t vfs_read(struct file *, char __user *, size_t, loff_t *)`.
 #[fexit(function = "vfs_read")]
+#[inline(always)]
 pub fn fexit_vfs_read(ctx: FExitContext) -> i32 {
     file::file_read(ctx.arg(0), ctx.arg(4));
     0
@@ -225,6 +256,7 @@ pub fn fexit_vfs_read(ctx: FExitContext) -> i32 {
 
 /// `ssize_t vfs_readv(struct file *, const struct iovec __user *, unsigned long, loff_t *, rwf_t)`.
 #[fexit(function = "vfs_readv")]
+#[inline(always)]
 pub fn fexit_vfs_readv(ctx: FExitContext) -> i32 {
     file::file_read(ctx.arg(0), ctx.arg(5));
     0
@@ -233,6 +265,7 @@ pub fn fexit_vfs_readv(ctx: FExitContext) -> i32 {
 /// `long do_splice_direct(struct file *in, loff_t *, struct file *out, loff_t *, size_t, unsigned)`:
 /// sendfile and copy_file_range.
 #[fexit(function = "do_splice_direct")]
+#[inline(always)]
 pub fn fexit_splice_direct(ctx: FExitContext) -> i32 {
     file::file_read(ctx.arg(0), ctx.arg(6));
     0
@@ -240,6 +273,7 @@ pub fn fexit_splice_direct(ctx: FExitContext) -> i32 {
 
 /// `long do_splice(struct file *in, loff_t *, struct file *out, loff_t *, size_t, unsigned)`.
 #[fexit(function = "do_splice")]
+#[inline(always)]
 pub fn fexit_splice(ctx: FExitContext) -> i32 {
     file::file_read(ctx.arg(0), ctx.arg(6));
     0
@@ -247,6 +281,7 @@ pub fn fexit_splice(ctx: FExitContext) -> i32 {
 
 /// `int filp_close(struct file *, fl_owner_t)`: close(2), and every fd at process exit.
 #[fentry(function = "filp_close")]
+#[inline(always)]
 pub fn fentry_filp_close(ctx: FEntryContext) -> i32 {
     file::file_closing(ctx.arg(0));
     0
@@ -254,6 +289,7 @@ pub fn fentry_filp_close(ctx: FEntryContext) -> i32 {
 
 /// `int commit_creds(struct cred *new)`.
 #[fentry(function = "commit_creds")]
+#[inline(always)]
 pub fn fentry_commit_creds(ctx: FEntryContext) -> i32 {
     let _ = process::commit_creds(ctx.arg(0));
     0
@@ -261,6 +297,7 @@ pub fn fentry_commit_creds(ctx: FEntryContext) -> i32 {
 
 /// `int __sys_connect(int fd, struct sockaddr __user *, int addrlen)`.
 #[fexit(function = "__sys_connect")]
+#[inline(always)]
 pub fn fexit_sys_connect(ctx: FExitContext) -> i32 {
     let _ = net::connect_returned(ctx.arg::<i64>(3) as i32 as i64);
     0
@@ -268,6 +305,7 @@ pub fn fexit_sys_connect(ctx: FExitContext) -> i32 {
 
 /// `int __sys_accept4(int fd, struct sockaddr __user *, int __user *, int flags)`.
 #[fexit(function = "__sys_accept4")]
+#[inline(always)]
 pub fn fexit_sys_accept4(ctx: FExitContext) -> i32 {
     let _ = net::accepted(ctx.arg::<i64>(4) as i32 as i64);
     0
@@ -277,6 +315,7 @@ pub fn fexit_sys_accept4(ctx: FExitContext) -> i32 {
 // LSM programs. It does nothing and is never attached. ----
 
 #[lsm(hook = "file_open")]
+#[inline(always)]
 pub fn probe_lsm(_ctx: LsmContext) -> i32 {
     0
 }

@@ -77,6 +77,7 @@ fn emit_connect(ctx: &SockAddrContext, kind: EventKind, cookie: u64, dst: SockAd
 }
 
 /// `cgroup/connect4` and `cgroup/connect6`. Always allows the connect (returns 1).
+#[inline(always)]
 pub fn connect(ctx: &SockAddrContext, v6: bool) {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == sensor_tgid() {
@@ -100,6 +101,7 @@ pub fn connect(ctx: &SockAddrContext, v6: bool) {
 
 /// `cgroup/sendmsg4` and `cgroup/sendmsg6`: UDP datagrams with an explicit destination, reported
 /// once per (socket, destination).
+#[inline(always)]
 pub fn sendmsg(ctx: &SockAddrContext, v6: bool) {
     if (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32 == sensor_tgid() {
         return;
@@ -119,6 +121,7 @@ pub fn sendmsg(ctx: &SockAddrContext, v6: bool) {
 
 /// `syscalls:sys_exit_connect`: a TCP connect that failed before it sent a SYN (no route,
 /// refused by policy, ...) never reaches `inet_sock_set_state`.
+#[inline(always)]
 pub fn connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let ret: i64 = unsafe { ctx.read_at(16) }?;
     connect_returned(ret)
@@ -171,6 +174,7 @@ mod set_state {
 
 /// `sock:inet_sock_set_state`: SYN_SENT → ESTABLISHED or CLOSE is the outcome of a connect we
 /// reported. Runs in softirq context, so it carries no process: userspace joins by cookie.
+#[inline(always)]
 pub fn tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
     let old: i32 = unsafe { ctx.read_at(set_state::OLDSTATE) }?;
     if old != TCP_SYN_SENT {
@@ -223,6 +227,7 @@ pub fn tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 /// `syscalls:sys_exit_accept{,4}`: an inbound connection handed to a process.
+#[inline(always)]
 pub fn accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let ret: i64 = unsafe { ctx.read_at(16) }?;
     accepted(ret)

@@ -26,6 +26,7 @@ const ENV_MASK: u32 = ENV_MAX as u32 - 1;
 /// `sched_process_exec(task, old_pid, bprm)`: the new program image is in place, so
 /// `mm->exe_file` and the argv on the new stack are the new program's.
 /// Takes the tracepoint's arguments (the same for raw and BTF tracepoints).
+#[inline(always)]
 pub fn exec(old_pid: u64, bprm: u64) -> Result<(), i64> {
     let task = current_task();
     let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
@@ -135,6 +136,7 @@ pub fn exec(old_pid: u64, bprm: u64) -> Result<(), i64> {
 }
 
 /// `sched_process_fork(parent, child)`: a new process (threads are skipped). Runs in the parent.
+#[inline(always)]
 pub fn fork(child: u64) -> Result<(), i64> {
     let child_pid = read::<u32>(child, off!(task_pid))?;
     let child_tgid = read::<u32>(child, off!(task_tgid))?;
@@ -161,6 +163,7 @@ pub fn fork(child: u64) -> Result<(), i64> {
 /// `sched_process_exit(task[, group_dead])`: report when the last thread of a process exits.
 /// `signal->live` has been decremented before the tracepoint fires, so 0 means the group is dead
 /// (the `group_dead` argument only exists on recent kernels).
+#[inline(always)]
 pub fn exit() -> Result<(), i64> {
     let task = current_task();
     let signal = read_ptr(task, off!(task_signal))?;
@@ -182,6 +185,7 @@ pub fn exit() -> Result<(), i64> {
 }
 
 /// `syscalls:sys_enter_set*id/setgroups/capset`: snapshot the credentials before the change.
+#[inline(always)]
 pub fn cred_enter(_ctx: &TracePointContext) -> Result<(), i64> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let mut creds = Creds::default();
@@ -193,6 +197,7 @@ pub fn cred_enter(_ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 /// `syscalls:sys_exit_set*id/setgroups/capset`: report a change with the old and new ids.
+#[inline(always)]
 pub fn cred_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let Some(old) = (unsafe { CRED_SNAPSHOTS.get(&tid) }).copied() else {
@@ -205,6 +210,7 @@ pub fn cred_exit(ctx: &TracePointContext) -> Result<(), i64> {
 
 /// `commit_creds(new)` (fentry): every credential change, whatever caused it (set*id, capset,
 /// setgroups, a setuid exec, keyctl, ...). The task still has its old credentials.
+#[inline(always)]
 pub fn commit_creds(new: u64) -> Result<(), i64> {
     let mut old = Creds::default();
     read_creds(current_task(), &mut old)?;
