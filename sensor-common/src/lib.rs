@@ -270,6 +270,10 @@ pub struct FileOpenEvent {
     pub syscall_nr: u32,
     /// `WATCH_*` bits: which kind of rule matched in the kernel.
     pub matched: u32,
+    /// Failed opens ([`PATH_UNRESOLVED`]): the path ends with this many bytes of the string the
+    /// process passed (the rest is the directory it was relative to). 0 otherwise.
+    pub requested_len: u32,
+    pub _pad: u32,
 }
 
 /// `FileCloseEvent::reason`: the process called `close`.
@@ -530,7 +534,7 @@ mod tests {
         );
         assert_eq!(
             size_of::<FileOpenEvent>(),
-            16 + size_of::<TaskInfo>() + 8 + 3 * 8 + 4 * 4
+            16 + size_of::<TaskInfo>() + 8 + 3 * 8 + 6 * 4
         );
         assert_eq!(
             size_of::<FileCloseEvent>(),

@@ -18,7 +18,10 @@ use sensor_common::{
 
 use crate::{
     emit::{count, header, output},
-    kread::{current_task, fd_to_file, fill_current, off, read, read_ptr, sensor_tgid},
+    kread::{
+        current_task, fd_to_file, fill_current, off, read, read_ptr, sensor_tgid, zero_in_place,
+        zero_words,
+    },
     maps::{
         EVENT_SCRATCH, INFLIGHT_READS, NAME_SCRATCH, OPEN_ARGS, PATH_SCRATCH, SETTINGS,
         WATCH_NAME_PREFIXES, WATCH_NAME_SUFFIXES, WATCH_NAMES, WATCH_PREFIXES, WATCHED_FDS,
@@ -84,7 +87,7 @@ fn name_rules(ns: *mut NameScratch, name: u64, len: u32) -> u32 {
     } else {
         len
     };
-    ns.name = [0; NAME_KEY_LEN];
+    zero_words(&raw mut ns.name);
     let ret =
         unsafe { bpf_probe_read_kernel(ns.name.as_mut_ptr().cast(), n & 0x7f, name as *const _) };
     if ret < 0 {
@@ -264,23 +267,23 @@ pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
         return Ok(());
     }
     let (dev, ino, mode) = inode_ids(file);
-    let state = FdState {
-        file,
-        bytes_read: 0,
-        reads: 0,
-        dev,
-        ino,
-        open_boot_ns: header(EventKind::FileOpen, 0).boot_ns,
-    };
+    // Zeroed first, then filled: a literal with adjacent zero fields becomes a `memset` call.
+    let mut slot = core::mem::MaybeUninit::<FdState>::uninit();
+    let state = zero_in_place(&mut slot);
+    state.file = file;
+    state.dev = dev;
+    state.ino = ino;
+    state.open_boot_ns = header(EventKind::FileOpen, 0).boot_ns;
     let key = FdKey {
         tgid,
         fd: ret as u32,
     };
-    if WATCHED_FDS.insert(&key, &state, 0).is_err() || WATCHED_FILES.insert(&file, &key, 0).is_err()
+    if WATCHED_FDS.insert(&key, &*state, 0).is_err()
+        || WATCHED_FILES.insert(&file, &key, 0).is_err()
     {
         count(Counter::DropMapFull);
     }
-    emit_open(syscall_nr, ns, ps, ret, f_flags, (dev, ino, mode));
+    emit_open(syscall_nr, ns, ps, ret, f_flags, (dev, ino, mode), 0);
     Ok(())
 }
 
@@ -377,7 +380,8 @@ pub fn open_failed(args: &OpenArgs, ret: i64, syscall_nr: u32) -> Result<(), i64
     if !decide(ns, ps) {
         return Ok(());
     }
-    emit_open(syscall_nr, ns, ps, ret, args.flags, (0, 0, 0));
+    let requested = unsafe { core::ptr::read_volatile(&raw const (*ns).raw_len) } & POS_MASK;
+    emit_open(syscall_nr, ns, ps, ret, args.flags, (0, 0, 0), requested);
     Ok(())
 }
 
@@ -407,6 +411,10 @@ fn decide(ns: *mut NameScratch, ps: *mut PathScratch) -> bool {
 /// Builds and sends a `FileOpenEvent` for the path in `ps`. `inode` is (dev, ino, mode), zeros
 /// when the open failed.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one record, built from one hook's findings"
+)]
 fn emit_open(
     syscall_nr: u32,
     ns: *mut NameScratch,
@@ -414,6 +422,7 @@ fn emit_open(
     ret: i64,
     open_flags: u32,
     inode: (u64, u64, u32),
+    requested_len: u32,
 ) {
     let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
@@ -429,9 +438,15 @@ fn emit_open(
         flags: unsafe { (*ps).flags },
     };
     ev.ret = ret;
-    (ev.dev, ev.ino, ev.mode) = inode;
+    unsafe {
+        core::ptr::write_volatile(&raw mut ev.dev, inode.0);
+        core::ptr::write_volatile(&raw mut ev.ino, inode.1);
+        core::ptr::write_volatile(&raw mut ev.mode, inode.2);
+    }
     ev.open_flags = open_flags;
     ev.syscall_nr = syscall_nr;
+    ev.requested_len = requested_len;
+    ev._pad = 0;
     ev.matched = matched(ns);
     let dst = unsafe { (buf as *mut u8).add(fixed) };
     let src = unsafe {

@@ -291,9 +291,20 @@ pub fn fentry_filp_close(ctx: FEntryContext) -> i32 {
 #[fentry(function = "commit_creds")]
 #[inline(always)]
 pub fn fentry_commit_creds(ctx: FEntryContext) -> i32 {
-    let _ = process::commit_creds(ctx.arg(0));
+    // The syscall in progress, from the task's saved user registers (`orig_ax` on x86_64), so
+    // the event names it like the tracepoint path does.
+    let regs = unsafe {
+        aya_ebpf::helpers::generated::bpf_task_pt_regs(
+            aya_ebpf::helpers::generated::bpf_get_current_task_btf(),
+        )
+    } as u64;
+    let nr = kread::read::<u64>(regs, PT_REGS_ORIG_AX).map_or(SYSCALL_NONE, |n| n as u32);
+    let _ = process::commit_creds(ctx.arg(0), nr);
     0
 }
+
+/// Offset of `orig_ax` in x86_64's `struct pt_regs` (user ABI, stable).
+const PT_REGS_ORIG_AX: u64 = 15 * 8;
 
 /// `int __sys_connect(int fd, struct sockaddr __user *, int addrlen)`.
 #[fexit(function = "__sys_connect")]

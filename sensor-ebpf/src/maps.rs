@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    Counter, Creds, FdKey, FdState, NameKeyData, OpenArgs, PrefixKeyData, SETTINGS_LEN, UdpFlowKey,
+    Counter, Creds, FdKey, FdState, NameKeyData, NetResultEvent, OpenArgs, PrefixKeyData,
+    SETTINGS_LEN, UdpFlowKey,
 };
 
 use crate::scratch::{EventScratch, NameScratch, PathScratch};
@@ -78,6 +79,11 @@ pub static UDP_FLOWS: LruHashMap<UdpFlowKey, u32> = LruHashMap::with_max_entries
 /// Per-CPU scratch space: records are assembled here, not on the 512-byte stack.
 #[map]
 pub static EVENT_SCRATCH: PerCpuArray<EventScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch for connect outcomes, which may be produced in softirq context on top of a program
+/// that is using `EVENT_SCRATCH` on the same CPU.
+#[map]
+pub static RESULT_SCRATCH: PerCpuArray<NetResultEvent> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static PATH_SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);

@@ -7,13 +7,14 @@ use aya_ebpf::{
 use sensor_common::{
     ARGS_MAX, ARGS_READ_ERROR, ARGS_TRUNCATED, Counter, CredChangeEvent, Creds, ENV_MAX,
     ENV_READ_ERROR, ENV_TRUNCATED, EXEC_FILENAME_MAX, EventKind, ExecEvent, ExitEvent, ForkEvent,
-    PathInfo, SYSCALL_NONE,
+    PathInfo,
 };
 
 use crate::{
     emit::{count, header, output, output_value},
     kread::{
         current_task, fill_current, off, read, read_cred_struct, read_creds, read_ptr, sensor_tgid,
+        zero_in_place, zero_words,
     },
     maps::{CRED_SNAPSHOTS, EVENT_SCRATCH, PATH_SCRATCH},
     path,
@@ -47,9 +48,12 @@ pub fn exec(old_pid: u64, bprm: u64) -> Result<(), i64> {
     let mm = read_ptr(task, off!(task_mm)).unwrap_or(0);
     let exe_file = read_ptr(mm, off!(mm_exe_file)).unwrap_or(0);
     let mut plen = 0;
-    ev.exe_dev = 0;
-    ev.exe_ino = 0;
-    ev.exe = PathInfo { len: 0, flags: 0 };
+    // Volatile: adjacent zero stores would be merged into a `memset` call (see `zero_words`).
+    unsafe {
+        core::ptr::write_volatile(&raw mut ev.exe_dev, 0);
+        core::ptr::write_volatile(&raw mut ev.exe_ino, 0);
+    }
+    zero_words(&raw mut ev.exe);
     if exe_file != 0 {
         let dentry = read_ptr(exe_file, off!(file_f_path_dentry)).unwrap_or(0);
         let vfsmnt = read_ptr(exe_file, off!(file_f_path_mnt)).unwrap_or(0);
@@ -188,9 +192,10 @@ pub fn exit() -> Result<(), i64> {
 #[inline(always)]
 pub fn cred_enter(_ctx: &TracePointContext) -> Result<(), i64> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    let mut creds = Creds::default();
-    read_creds(current_task(), &mut creds)?;
-    if CRED_SNAPSHOTS.insert(&tid, &creds, 0).is_err() {
+    let mut slot = core::mem::MaybeUninit::<Creds>::uninit();
+    let creds = zero_in_place(&mut slot);
+    read_creds(current_task(), creds)?;
+    if CRED_SNAPSHOTS.insert(&tid, &*creds, 0).is_err() {
         count(Counter::DropMapFull);
     }
     Ok(())
@@ -211,10 +216,11 @@ pub fn cred_exit(ctx: &TracePointContext) -> Result<(), i64> {
 /// `commit_creds(new)` (fentry): every credential change, whatever caused it (set*id, capset,
 /// setgroups, a setuid exec, keyctl, ...). The task still has its old credentials.
 #[inline(always)]
-pub fn commit_creds(new: u64) -> Result<(), i64> {
-    let mut old = Creds::default();
-    read_creds(current_task(), &mut old)?;
-    emit_cred_change(&old, Some(new), SYSCALL_NONE)
+pub fn commit_creds(new: u64, syscall_nr: u32) -> Result<(), i64> {
+    let mut slot = core::mem::MaybeUninit::<Creds>::uninit();
+    let old = zero_in_place(&mut slot);
+    read_creds(current_task(), old)?;
+    emit_cred_change(old, Some(new), syscall_nr)
 }
 
 /// Emits a change from `old` to the task's current credentials, or to `new` (a `struct cred *`

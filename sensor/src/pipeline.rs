@@ -449,7 +449,9 @@ impl<W: Write> Pipeline<W> {
         let (shown, requested) = if resolved {
             (path, None)
         } else {
-            (event::normalize_lexically(&path), Some(path))
+            let raw_at = path.len().saturating_sub(ev.requested_len as usize);
+            let requested = path[raw_at..].to_vec();
+            (event::normalize_lexically(&path), Some(requested))
         };
         let (text, b64) = event::text_and_b64(&shown);
         let mut out = self.new_event("file.open", ev.header.boot_ns);
