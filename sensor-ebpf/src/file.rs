@@ -19,8 +19,8 @@ use sensor_common::{
 use crate::{
     emit::{count, header, output},
     kread::{
-        current_task, fd_to_file, fill_current, off, read, read_ptr, sensor_tgid, zero_in_place,
-        zero_words,
+        at_most, bounded, current_task, fd_to_file, fill_current, off, read, read_ptr, sensor_tgid,
+        zero_in_place, zero_words,
     },
     maps::{
         EVENT_SCRATCH, INFLIGHT_READS, NAME_SCRATCH, OPEN_ARGS, PATH_SCRATCH, SETTINGS,
@@ -88,8 +88,13 @@ fn name_rules(ns: *mut NameScratch, name: u64, len: u32) -> u32 {
         len
     };
     zero_words(&raw mut ns.name);
-    let ret =
-        unsafe { bpf_probe_read_kernel(ns.name.as_mut_ptr().cast(), n & 0x7f, name as *const _) };
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            ns.name.as_mut_ptr().cast(),
+            at_most(n, NAME_KEY_LEN as u32),
+            name as *const _,
+        )
+    };
     if ret < 0 {
         return 0;
     }
@@ -108,7 +113,11 @@ fn name_rules(ns: *mut NameScratch, name: u64, len: u32) -> u32 {
         // The last `n` bytes, reversed, so a suffix rule becomes a prefix match.
         let tail = name + (len - n) as u64;
         let ret = unsafe {
-            bpf_probe_read_kernel(ns.tail.as_mut_ptr().cast(), n & 0x7f, tail as *const _)
+            bpf_probe_read_kernel(
+                ns.tail.as_mut_ptr().cast(),
+                at_most(n, NAME_KEY_LEN as u32),
+                tail as *const _,
+            )
         };
         if ret == 0 {
             for i in 0..NAME_KEY_LEN as u32 {
@@ -139,7 +148,7 @@ fn match_prefix(ps: *mut PathScratch) -> u32 {
     let ret = unsafe {
         bpf_probe_read_kernel(
             (&raw mut (*ps).prefix_key.data).cast(),
-            n & 0x1ff,
+            at_most(n, PREFIX_KEY_LEN as u32),
             (&raw const (*ps).buf)
                 .cast::<u8>()
                 .add(start as usize)
@@ -347,7 +356,7 @@ pub fn open_failed(args: &OpenArgs, ret: i64, syscall_nr: u32) -> Result<(), i64
         if i >= len {
             break;
         }
-        let at = (len - 1 - i) & POS_MASK;
+        let at = bounded(len - 1 - i, POS_MASK);
         if unsafe { *raw.add(at as usize) } == b'/' {
             unsafe { core::ptr::write_volatile(&raw mut (*ns).name_start, at + 1) };
             break;
@@ -454,12 +463,15 @@ fn emit_open(
             .cast::<u8>()
             .add(path::start(ps) as usize)
     };
-    let copied = unsafe { bpf_probe_read_kernel(dst.cast(), len & POS_MASK, src.cast()) };
+    let copied = unsafe { bpf_probe_read_kernel(dst.cast(), bounded(len, POS_MASK), src.cast()) };
     if copied < 0 {
         count(Counter::DropReadError);
         return;
     }
-    output(buf as *const u8, (fixed as u32 + (len & POS_MASK)) as u64);
+    output(
+        buf as *const u8,
+        (fixed as u32 + bounded(len, POS_MASK)) as u64,
+    );
 }
 
 /// `syscalls:sys_enter_*` of the syscalls that read from an fd: remember reads on watched fds.

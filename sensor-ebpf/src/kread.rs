@@ -52,6 +52,25 @@ pub fn read<T: Copy>(base: u64, offset: u64) -> Result<T, i64> {
     }
 }
 
+/// `v & mask`, with the mask guaranteed to survive optimization. LLVM drops a mask it can prove
+/// redundant, and then spills the unmasked value; older verifiers (6.1) lose the bound across the
+/// spill and reject the access ("unbounded memory access"). A volatile round trip through the
+/// stack hides the value's range from LLVM, so the mask is emitted right before its use.
+#[inline(always)]
+pub fn bounded(v: u32, mask: u32) -> u32 {
+    let slot = v;
+    unsafe { core::ptr::read_volatile(&raw const slot) & mask }
+}
+
+/// `min(v, max)`, kept as a comparison the verifier sees right before the value's use (same
+/// reason as [`bounded`]).
+#[inline(always)]
+pub fn at_most(v: u32, max: u32) -> u32 {
+    let slot = v;
+    let v = unsafe { core::ptr::read_volatile(&raw const slot) };
+    if v > max { max } else { v }
+}
+
 /// Zeroes a value whose size is a multiple of 8 and that is 8-byte aligned, with plain stores.
 /// LLVM's BPF back end turns aggregate zeroing into `memset` calls, and a call to `memset` is a
 /// BPF global function taking a pointer, which kernels before ~6.6 refuse to load.

@@ -12,7 +12,7 @@ use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 use sensor_common::{PATH_BUF, PATH_DETACHED, PATH_MAX_DEPTH, PATH_READ_ERROR, PATH_TRUNCATED};
 
 use crate::{
-    kread::{off, read, read_ptr},
+    kread::{bounded, off, read, read_ptr},
     scratch::PathScratch,
 };
 
@@ -41,7 +41,7 @@ fn add_flags(s: *mut PathScratch, f: u32) {
 /// Prepends `/name` to the path. Returns false when it does not fit (the path is truncated).
 #[inline(always)]
 fn prepend(s: *mut PathScratch, name: u64, len: u32) -> bool {
-    let len = len & NAME_MASK;
+    let len = bounded(len, NAME_MASK);
     let cur = get!(s, pos);
     // Strictly greater: keep at least one byte for the leading '/' and never reach position 0,
     // so a path is at most PATH_BUF - 1 bytes and its length fits the POS_MASK everywhere.
@@ -49,7 +49,8 @@ fn prepend(s: *mut PathScratch, name: u64, len: u32) -> bool {
         add_flags(s, PATH_TRUNCATED);
         return false;
     }
-    let start = (cur - len) & POS_MASK;
+    let start = bounded(cur - len, POS_MASK);
+    let len = bounded(len, NAME_MASK);
     let ret = unsafe {
         bpf_probe_read_kernel(
             (&raw mut (*s).buf).cast::<u8>().add(start as usize).cast(),
@@ -61,7 +62,7 @@ fn prepend(s: *mut PathScratch, name: u64, len: u32) -> bool {
         add_flags(s, PATH_READ_ERROR);
         return false;
     }
-    let slash = (cur - len - 1) & POS_MASK;
+    let slash = bounded(cur - len - 1, POS_MASK);
     unsafe { (*s).buf[slash as usize] = b'/' };
     set!(s, pos, cur - len - 1);
     true
@@ -161,11 +162,12 @@ pub fn walk(s: *mut PathScratch, dentry: u64, vfsmnt: u64, root_dentry: u64, roo
 /// passed to a syscall. Returns false if it cannot be copied.
 #[inline(always)]
 pub fn start_raw(s: *mut PathScratch, src: *const u8, len: u32) -> bool {
-    let len = len & POS_MASK;
+    let len = bounded(len, POS_MASK);
     if len == 0 {
         return false;
     }
-    let pos = (PATH_BUF as u32 - len) & POS_MASK;
+    let pos = bounded(PATH_BUF as u32 - len, POS_MASK);
+    let len = bounded(len, POS_MASK);
     let ret = unsafe {
         bpf_probe_read_kernel(
             (&raw mut (*s).buf).cast::<u8>().add(pos as usize).cast(),
@@ -189,7 +191,7 @@ pub fn prepend_slash(s: *mut PathScratch) -> bool {
         add_flags(s, PATH_TRUNCATED);
         return false;
     }
-    let at = (cur - 1) & POS_MASK;
+    let at = bounded(cur - 1, POS_MASK);
     unsafe { (*s).buf[at as usize] = b'/' };
     set!(s, pos, at);
     true
@@ -216,13 +218,13 @@ pub fn task_pwd(task: u64) -> (u64, u64) {
 /// Length of the resolved path.
 #[inline(always)]
 pub fn len(s: *mut PathScratch) -> u32 {
-    (PATH_BUF as u32 - get!(s, pos)) & POS_MASK
+    bounded(PATH_BUF as u32 - get!(s, pos), POS_MASK)
 }
 
 /// Start of the resolved path in `s.buf`, masked for the verifier.
 #[inline(always)]
 pub fn start(s: *mut PathScratch) -> u32 {
-    get!(s, pos) & POS_MASK
+    bounded(get!(s, pos), POS_MASK)
 }
 
 /// The root of the current process (`task->fs->root`), as (dentry, vfsmount).

@@ -13,8 +13,8 @@ use sensor_common::{
 use crate::{
     emit::{count, header, output, output_value},
     kread::{
-        current_task, fill_current, off, read, read_cred_struct, read_creds, read_ptr, sensor_tgid,
-        zero_in_place, zero_words,
+        bounded, current_task, fill_current, off, read, read_cred_struct, read_creds, read_ptr,
+        sensor_tgid, zero_in_place, zero_words,
     },
     maps::{CRED_SNAPSHOTS, EVENT_SCRATCH, PATH_SCRATCH},
     path,
@@ -59,7 +59,7 @@ pub fn exec(old_pid: u64, bprm: u64) -> Result<(), i64> {
         let vfsmnt = read_ptr(exe_file, off!(file_f_path_mnt)).unwrap_or(0);
         let (root_dentry, root_mnt) = path::task_root(task);
         path::resolve(ps, dentry, vfsmnt, root_dentry, root_mnt);
-        plen = path::len(ps) & 0xfff;
+        plen = bounded(path::len(ps), 0xfff);
         let src = unsafe {
             (&raw const (*ps).buf)
                 .cast::<u8>()
@@ -82,12 +82,12 @@ pub fn exec(old_pid: u64, bprm: u64) -> Result<(), i64> {
     // The name passed to exec (for a script: the script, while exe is its interpreter).
     let mut flen = 0;
     if let Ok(filename) = read_ptr(bprm, off!(binprm_filename)) {
-        let dst = unsafe { (buf as *mut u8).add(fixed + plen as usize) };
+        let dst = unsafe { (buf as *mut u8).add(fixed + bounded(plen, 0xfff) as usize) };
         let n = unsafe {
             bpf_probe_read_kernel_str(dst.cast(), EXEC_FILENAME_MAX as u32, filename as *const _)
         };
         if n > 1 {
-            flen = (n as u32 - 1) & FILENAME_MASK;
+            flen = bounded(n as u32 - 1, FILENAME_MASK);
         }
     }
     ev.filename_len = flen;
@@ -102,8 +102,9 @@ pub fn exec(old_pid: u64, bprm: u64) -> Result<(), i64> {
             want = ARGS_MASK as u64;
             ev.flags |= ARGS_TRUNCATED;
         }
-        let dst = unsafe { (buf as *mut u8).add(fixed + plen as usize + flen as usize) };
-        let n = want as u32 & ARGS_MASK;
+        let at = fixed + bounded(plen, 0xfff) as usize + bounded(flen, FILENAME_MASK) as usize;
+        let dst = unsafe { (buf as *mut u8).add(at) };
+        let n = bounded(want as u32, ARGS_MASK);
         if unsafe { bpf_probe_read_user(dst.cast(), n, arg_start as *const _) } < 0 {
             ev.flags |= ARGS_READ_ERROR;
         } else {
@@ -122,9 +123,12 @@ pub fn exec(old_pid: u64, bprm: u64) -> Result<(), i64> {
             want = ENV_MASK as u64;
             ev.flags |= ENV_TRUNCATED;
         }
-        let at = fixed + plen as usize + flen as usize + alen as usize;
+        let at = fixed
+            + bounded(plen, 0xfff) as usize
+            + bounded(flen, FILENAME_MASK) as usize
+            + bounded(alen, ARGS_MASK) as usize;
         let dst = unsafe { (buf as *mut u8).add(at) };
-        let n = want as u32 & ENV_MASK;
+        let n = bounded(want as u32, ENV_MASK);
         if unsafe { bpf_probe_read_user(dst.cast(), n, env_start as *const _) } < 0 {
             ev.flags |= ENV_READ_ERROR;
         } else {
@@ -135,7 +139,7 @@ pub fn exec(old_pid: u64, bprm: u64) -> Result<(), i64> {
     ev._pad = 0;
     let size = fixed as u32 + plen + flen + alen + elen;
     ev.header = header(EventKind::ProcessExec, size as usize);
-    output(buf as *const u8, size as u64 & 0x3fff);
+    output(buf as *const u8, bounded(size, 0x3fff) as u64);
     Ok(())
 }
 
