@@ -313,7 +313,11 @@ impl<W: Write> Pipeline<W> {
                     ev.ino,
                     ev.bytes_read,
                     ev.reads,
-                    "close",
+                    if ev.reason == sensor_common::CLOSE_EXIT {
+                        "exit"
+                    } else {
+                        "close"
+                    },
                 ));
                 self.emit(&out)?;
             }
