@@ -14,8 +14,12 @@ use sensor_common::{
 };
 
 use crate::{
+    credentials::classify::Classifier,
     decode::KernelEvent,
+    endpoints::Endpoints,
+    env_vars,
     event::{self, Endpoint, Errno, Event, Ids, Network},
+    identity::Resolver,
     process_table::ProcessTable,
     procfs::{self, CgroupPaths, Users},
     rules::RuleSet,
@@ -95,6 +99,11 @@ pub struct Pipeline<W: Write> {
     counters: LocalCounters,
     connect_wait: Duration,
     last_kernel_drops: u64,
+    resolver: Resolver,
+    classifier: Classifier,
+    endpoints: Endpoints,
+    /// Our own pid: the sensor's reads of credentials (to classify them) are not events.
+    own_pid: u32,
 }
 
 pub struct PipelineParts {
@@ -104,6 +113,9 @@ pub struct PipelineParts {
     pub watched_fds: BpfHashMap<MapData, FdKey, FdState>,
     pub counters_map: PerCpuArray<MapData, u64>,
     pub connect_wait: Duration,
+    pub resolver: Resolver,
+    pub classifier: Classifier,
+    pub endpoints: Endpoints,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -115,6 +127,9 @@ impl<W: Write> Pipeline<W> {
             watched_fds,
             counters_map,
             connect_wait,
+            resolver,
+            classifier,
+            endpoints,
         } = parts;
         Self {
             out,
@@ -131,10 +146,22 @@ impl<W: Write> Pipeline<W> {
             counters: LocalCounters::default(),
             connect_wait,
             last_kernel_drops: 0,
+            resolver,
+            classifier,
+            endpoints,
+            own_pid: std::process::id(),
         }
     }
 
-    fn emit(&mut self, ev: &Event) -> std::io::Result<()> {
+    /// Prints one event, adding `workload` and `identity` to every event with a process.
+    fn emit(&mut self, ev: &mut Event) -> std::io::Result<()> {
+        if let Some(p) = &ev.process
+            && ev.identity.is_none()
+        {
+            let (w, id) = self.resolver.resolve(p);
+            ev.workload = Some(w);
+            ev.identity = Some(id);
+        }
         serde_json::to_writer(&mut self.out, ev)?;
         self.out.write_all(b"\n")
     }
@@ -176,6 +203,8 @@ impl<W: Write> Pipeline<W> {
             }
             None => (None, None),
         };
+        // A way into this mount namespace while a member is surely alive (credential reads).
+        self.classifier.roots.note(t.tgid, t.ns.mnt);
         let c = &t.creds;
         let tty = event::c_str(&t.tty);
         event::Process {
@@ -230,7 +259,7 @@ impl<W: Write> Pipeline<W> {
                 exe,
                 filename,
                 args,
-                env: _,
+                env,
             } => {
                 let start = procfs::start_ticks_from_ns(ev.task.start_ns);
                 let argv = event::split_args(&args);
@@ -246,8 +275,10 @@ impl<W: Write> Pipeline<W> {
                         .collect(),
                     argv_truncated: ev.flags & sensor_common::ARGS_TRUNCATED != 0,
                     old_pid: ev.old_pid,
+                    credential_env: env_vars::from_environment(&env.0, self.classifier.key()),
+                    env_truncated: ev.flags & sensor_common::ENV_TRUNCATED != 0,
                 });
-                self.emit(&out)?;
+                self.emit(&mut out)?;
             }
             KernelEvent::Fork(ev) => {
                 let parent = (ev.task.tgid, procfs::start_ticks_from_ns(ev.task.start_ns));
@@ -259,7 +290,7 @@ impl<W: Write> Pipeline<W> {
                     child_pid: ev.child_tgid,
                     child_key: self.table.key(ev.child_tgid, child_start),
                 });
-                self.emit(&out)?;
+                self.emit(&mut out)?;
             }
             KernelEvent::Exit(ev) => {
                 let process = self.process(&ev.task);
@@ -271,7 +302,7 @@ impl<W: Write> Pipeline<W> {
                     code: (ev.exit_code >> 8) & 0xff,
                     signal: ev.exit_code & 0x7f,
                 });
-                self.emit(&out)?;
+                self.emit(&mut out)?;
                 self.table
                     .on_exit(ev.task.tgid, procfs::start_ticks_from_ns(ev.task.start_ns));
             }
@@ -289,9 +320,12 @@ impl<W: Write> Pipeline<W> {
                         cap_effective: event::caps_hex(ev.task.creds.cap_effective),
                     },
                 });
-                self.emit(&out)?;
+                self.emit(&mut out)?;
             }
             KernelEvent::FileOpen { ev, path } => self.file_open(ev, path)?,
+            KernelEvent::FileClose(ev) if ev.task.tgid == self.own_pid => {
+                self.counters.filtered += 1;
+            }
             KernelEvent::FileClose(ev) => {
                 let path = self
                     .open_fds
@@ -309,7 +343,7 @@ impl<W: Write> Pipeline<W> {
                     ev.reads,
                     "close",
                 ));
-                self.emit(&out)?;
+                self.emit(&mut out)?;
             }
             KernelEvent::Connect(ev) => {
                 let (ip, v4_mapped) = event::ip_of(ev.dst.family, &ev.dst.addr);
@@ -329,6 +363,7 @@ impl<W: Write> Pipeline<W> {
                     cookie: ev.cookie,
                     result: if tcp { "pending" } else { "connected" },
                     error: None,
+                    endpoint: self.endpoints.classify(ip, ev.dst.port),
                 });
                 if tcp {
                     self.pending.insert(
@@ -339,7 +374,7 @@ impl<W: Write> Pipeline<W> {
                         },
                     );
                 } else {
-                    self.emit(&out)?;
+                    self.emit(&mut out)?;
                 }
             }
             KernelEvent::UdpSend(ev) => {
@@ -359,8 +394,9 @@ impl<W: Write> Pipeline<W> {
                     cookie: ev.cookie,
                     result: "sent",
                     error: None,
+                    endpoint: self.endpoints.classify(ip, ev.dst.port),
                 });
-                self.emit(&out)?;
+                self.emit(&mut out)?;
             }
             KernelEvent::ConnectResult(r) => self.connect_result(r)?,
             KernelEvent::Accept(ev) => {
@@ -388,8 +424,9 @@ impl<W: Write> Pipeline<W> {
                     cookie: 0,
                     result: "accepted",
                     error: None,
+                    endpoint: None,
                 });
-                self.emit(&out)?;
+                self.emit(&mut out)?;
             }
         }
         Ok(())
@@ -401,14 +438,26 @@ impl<W: Write> Pipeline<W> {
         path: Vec<u8>,
     ) -> std::io::Result<()> {
         let truncated = ev.path.flags & PATH_TRUNCATED != 0;
+        let tgid = ev.task.tgid;
+        if tgid == self.own_pid {
+            // The sensor reading a credential to classify it.
+            self.counters.filtered += 1;
+            if ev.ret >= 0 {
+                let _ = self.watched_fds.remove(&FdKey {
+                    tgid,
+                    fd: ev.ret as u32,
+                });
+            }
+            return Ok(());
+        }
         let mut matched = if ev.path.flags & PATH_UNRESOLVED == 0 {
-            self.rules.matches(&path, truncated)
+            self.rules.matches(&path, truncated, tgid)
         } else {
             // The kernel matched the path as written; either form matching a rule counts.
-            let mut m = self.rules.matches(&path, truncated);
+            let mut m = self.rules.matches(&path, truncated, tgid);
             m.extend(
                 self.rules
-                    .matches(&event::normalize_lexically(&path), truncated),
+                    .matches(&event::normalize_lexically(&path), truncated, tgid),
             );
             m.sort_unstable();
             m.dedup();
@@ -448,6 +497,22 @@ impl<W: Write> Pipeline<W> {
         let (text, b64) = event::text_and_b64(&shown);
         let mut out = self.new_event("file.open", ev.header.boot_ns);
         out.process = Some(self.process(&ev.task));
+        let pattern = self
+            .rules
+            .credential(&shown, truncated, tgid)
+            .or_else(|| {
+                requested
+                    .as_deref()
+                    .and_then(|r| self.rules.credential(r, truncated, tgid))
+            })
+            .cloned();
+        out.credential = pattern.map(|p| {
+            if ev.ret < 0 {
+                Classifier::failed_open(&p, (-ev.ret) as u32)
+            } else {
+                self.classifier.classify(&p, &shown, tgid, ev.task.ns.mnt)
+            }
+        });
         out.file = Some(event::File {
             path: Some(text),
             path_b64: b64,
@@ -470,7 +535,7 @@ impl<W: Write> Pipeline<W> {
             matched: Some(matched),
             ..Default::default()
         });
-        self.emit(&out)
+        self.emit(&mut out)
     }
 
     fn connect_result(&mut self, r: sensor_common::NetResultEvent) -> std::io::Result<()> {
@@ -496,7 +561,7 @@ impl<W: Write> Pipeline<W> {
                     net.src = src;
                 }
             }
-            return self.emit(&p.event);
+            return self.emit(&mut p.event);
         }
         // The outcome of a connect reported earlier as pending, or never seen.
         let late = self.late.remove(&r.cookie);
@@ -519,8 +584,9 @@ impl<W: Write> Pipeline<W> {
             cookie: r.cookie,
             result,
             error,
+            endpoint: self.endpoints.classify(dst_ip, r.dst.port),
         });
-        self.emit(&out)
+        self.emit(&mut out)
     }
 
     /// Reports the bytes read through watched fds still open when their process exited.
@@ -550,7 +616,7 @@ impl<W: Write> Pipeline<W> {
                 state.reads,
                 "exit",
             ));
-            self.emit(&out)?;
+            self.emit(&mut out)?;
         }
         Ok(())
     }
@@ -566,11 +632,11 @@ impl<W: Write> Pipeline<W> {
             .map(|(c, _)| *c)
             .collect();
         for cookie in overdue {
-            if let Some(p) = self.pending.remove(&cookie) {
+            if let Some(mut p) = self.pending.remove(&cookie) {
                 if let Some(proc_) = p.event.process.clone() {
                     self.late.insert(cookie, (proc_, now));
                 }
-                self.emit(&p.event)?;
+                self.emit(&mut p.event)?;
             }
         }
         self.late
@@ -579,6 +645,8 @@ impl<W: Write> Pipeline<W> {
             self.read_progress()?;
             self.table.reap();
             self.clock.refresh();
+            self.resolver.prune();
+            self.classifier.roots.prune();
         }
         Ok(())
     }
@@ -615,7 +683,7 @@ impl<W: Write> Pipeline<W> {
                 state.reads,
                 "progress",
             ));
-            self.emit(&out)?;
+            self.emit(&mut out)?;
         }
         Ok(())
     }
@@ -647,8 +715,8 @@ impl<W: Write> Pipeline<W> {
     /// Flushes connects still waiting for an outcome (at shutdown).
     pub fn flush_pending(&mut self) -> std::io::Result<()> {
         let pending: Vec<PendingConnect> = self.pending.drain().map(|(_, p)| p).collect();
-        for p in pending {
-            self.emit(&p.event)?;
+        for mut p in pending {
+            self.emit(&mut p.event)?;
         }
         Ok(())
     }
@@ -688,7 +756,7 @@ impl<W: Write> Pipeline<W> {
             processes_tracked: self.table.len(),
             is_final,
         });
-        self.emit(&out)?;
+        self.emit(&mut out)?;
         self.flush()
     }
 }
