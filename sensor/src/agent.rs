@@ -195,9 +195,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     kube_apiserver.extend(endpoints::kube_apiserver_from_node());
     vault_addr.extend(cfg_vault);
     let endpoints = Endpoints::new(&kube_apiserver, &vault_addr)?;
-    let key = Arc::new(FingerprintKey::load_or_create(&fingerprint_key_file)?);
     let boot_id = procfs::boot_id()?;
     let mut attached = attach(&kernel, &rules)?;
+    // After attach: its privilege check explains a missing root better than the key file would.
+    let key = Arc::new(FingerprintKey::load_or_create(&fingerprint_key_file)?);
 
     // Processes that started before us: known before the first event is processed.
     let mut table = ProcessTable::new(boot_id);

@@ -217,6 +217,8 @@ pub fn builtin() -> Vec<Pattern> {
     // Cloud.
     v.push(p("aws_shared_credentials", AwsIni).suffix("/.aws/credentials"));
     v.push(p("aws_config", AwsIni).suffix("/.aws/config"));
+    // Any other file named `credentials` (gcloud legacy, tool-specific stores, copies of AWS's).
+    v.push(p("credentials_file", Auto).name("credentials"));
     v.push(p("gcp_adc", GcpJson).name("application_default_credentials.json"));
     v.push(p("gcp_credentials_db", Opaque).suffix("/gcloud/credentials.db"));
     v.push(p("gcp_access_tokens_db", Opaque).suffix("/gcloud/access_tokens.db"));
@@ -339,6 +341,7 @@ mod tests {
             ("/srv/app/.env", "env_file"),
             ("/srv/app/.env.production", "env_file"),
             ("/proc/42/environ", "process_environ"),
+            ("/home/a/x.aws/credentials", "credentials_file"),
             ("/spire/svid_key.pem", "spiffe_svid_key"),
         ] {
             assert_eq!(kind_of(path, 7).as_deref(), Some(kind), "{path}");
@@ -346,8 +349,6 @@ mod tests {
         for path in [
             "/home/a/.ssh/id_ed25519.pub",
             "/etc/ssh/ssh_host_ed25519_key.pub",
-            "/home/a/aws/credentials",
-            "/home/a/x.aws/credentials",
             "/proc/7/environ",
             "/proc/self/environ",
             "/etc/passwd",
