@@ -1023,6 +1023,15 @@ fn hostile_credential_files() {
     let c = std::ffi::CString::new(s(&fifo)).unwrap();
     // SAFETY: valid path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    // A character device (the null device's numbers) named like a credential.
+    let device = h.join("dev/credentials");
+    std::fs::create_dir_all(device.parent().unwrap()).unwrap();
+    let c = std::ffi::CString::new(s(&device)).unwrap();
+    // SAFETY: valid path; we are root.
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 3)) },
+        0
+    );
     let looped = h.join("loop/.aws/credentials");
     std::fs::create_dir_all(looped.parent().unwrap()).unwrap();
     std::os::unix::fs::symlink(&looped, &looped).unwrap();
@@ -1051,6 +1060,8 @@ fn hostile_credential_files() {
         s(&big),
         "--open-nonblock",
         s(&fifo),
+        "--open",
+        s(&device),
         "--open",
         s(&looped),
         "--open",
@@ -1089,6 +1100,9 @@ fn hostile_credential_files() {
     let (ev, r) = reason(&fifo);
     assert!(r.contains("fifo") && r.contains("never read"), "{r}");
     assert_eq!(get_str(&ev, "credential.file_type"), Some("fifo"));
+    let (ev, r) = reason(&device);
+    assert!(r.contains("char_device") && r.contains("never read"), "{r}");
+    assert_eq!(get_str(&ev, "credential.file_type"), Some("char_device"));
     let (ev, r) = reason(&looped);
     assert_eq!(get_str(&ev, "file.error.name"), Some("ELOOP"), "{ev}");
     assert!(r.contains("ELOOP"), "{r}");
@@ -1118,7 +1132,7 @@ fn exec_environment_names_credentials_without_values() {
     let sensor = start_sensor(&d, &[]);
     let secret = format!("EnvSecretValue/{}+zz", std::process::id());
     let gh = format!("ghp_EnvGithubToken{}", std::process::id());
-    let mut cmd = nhi_sensor_tests::actor_command(&["--exit", "0"]);
+    let mut cmd = nhi_sensor_tests::actor_command(&["--wait-stdin", "--exit", "0"]);
     cmd.env_clear()
         .env("PATH", "/usr/bin:/bin")
         .env("AWS_ACCESS_KEY_ID", "AKIAIOSFODNN7ENVTEST")
@@ -1131,7 +1145,36 @@ fn exec_environment_names_credentials_without_values() {
     let mut a = Actor::from_command(cmd);
     let pid = a.pid();
     a.expect_step("start");
+    // Another process reads the first one's environment: a credential read.
+    let environ = format!("/proc/{pid}/environ");
+    let mut spy = spawn_actor(&["--open", &environ, "--read", "4096", "--exit", "0"]);
+    let spy_pid = spy.pid();
+    spy.expect_step("start");
+    spy.expect_ok("open");
+    let read = sensor.wait_for("file.open of another process's environ", WAIT, |e| {
+        is_kind_pid(e, "file.open", spy_pid)
+    });
+    spy.wait();
+    a.send_line("done");
     a.wait();
+    assert_eq!(
+        get_str(&read, "credential.kind"),
+        Some("process_environ"),
+        "{read}"
+    );
+    assert!(
+        has(
+            &read,
+            "credential.identifiers.variables",
+            "AWS_SECRET_ACCESS_KEY"
+        ),
+        "{read}"
+    );
+    assert_eq!(
+        get_str(&read, "credential.identifiers.credential_variables.1.name"),
+        Some("AWS_SECRET_ACCESS_KEY"),
+        "{read}"
+    );
     let exec = sensor.wait_for("exec of the actor", WAIT, |e| {
         is_kind_pid(e, "process.exec", pid)
             && get_str(e, "exec.filename").is_some_and(|f| f.ends_with("nhi-actor"))

@@ -150,7 +150,7 @@ impl Pattern {
             else {
                 return false;
             };
-            return pid != reader_pid;
+            return pid != reader_pid && !is_own_pid_in_its_namespace(reader_pid, pid);
         }
         self.path_prefix
             .as_ref()
@@ -169,6 +169,21 @@ impl Pattern {
                 .as_ref()
                 .is_none_or(|n| name.ends_with(n.as_bytes()))
     }
+}
+
+/// Whether `pid` is `reader`'s own pid as its innermost pid namespace numbers it (a container
+/// process reading its own `/proc/<pid>/environ`). Read from `/proc/<reader>/status` `NSpid:`;
+/// only reached for `environ` opens whose pid differs from the reader's host pid.
+fn is_own_pid_in_its_namespace(reader: u32, pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{reader}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|ids| ids.split_whitespace().last())
+        .and_then(|last| last.parse::<u32>().ok())
+        == Some(pid)
 }
 
 /// The built-in catalogue, most specific first (the first matching pattern names the kind).

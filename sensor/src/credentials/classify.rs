@@ -89,6 +89,25 @@ fn fstat(fd: &OwnedFd) -> std::io::Result<libc::stat> {
     Ok(st)
 }
 
+/// Opens an `O_PATH` handle for reading (through our own `/proc/self/fd`, the one magic link we
+/// trust), without following anything else.
+fn reopen(handle: &OwnedFd) -> std::io::Result<OwnedFd> {
+    let path = CString::new(format!("/proc/self/fd/{}", handle.as_raw_fd()))
+        .expect("no NUL in a formatted number");
+    // SAFETY: valid C string.
+    let fd = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 fn io_reason(what: &str, e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(n) => format!("{what} failed: {} ({})", errno_name(n as u32), e),
@@ -332,15 +351,20 @@ impl Classifier {
         let root = self.roots.get(pid, mnt_ns)?;
         let cpath = CString::new(path.to_vec()).map_err(|_| "path contains NUL".to_string())?;
         let (fd, st) = bounded(&self.in_flight, "open", move || {
-            let fd = openat2(
+            // O_PATH first: a device's driver `open` (tape rewind, modem hang-up) never runs.
+            let handle = openat2(
                 root.as_raw_fd(),
                 &cpath,
-                libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY,
+                libc::O_PATH,
                 RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
             )
             .map_err(|e| io_reason("open through the reader's root", &e))?;
-            let st = fstat(&fd).map_err(|e| io_reason("fstat", &e))?;
-            Ok::<_, String>((fd, st))
+            let st = fstat(&handle).map_err(|e| io_reason("fstat", &e))?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+                return Ok((None, st));
+            }
+            let fd = reopen(&handle).map_err(|e| io_reason("reopen for reading", &e))?;
+            Ok::<_, String>((Some(fd), st))
         })??;
         let ftype = file_type(st.st_mode);
         c.file_type = Some(ftype);
@@ -353,9 +377,9 @@ impl Classifier {
         let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime.max(0) as u64);
         c.mtime = Some(humantime::format_rfc3339_seconds(wall).to_string());
         c.age_s = Some(now_unix() - mtime);
-        if ftype != "regular" {
+        let Some(fd) = fd.filter(|_| ftype == "regular") else {
             return Err(format!("not a regular file ({ftype}): never read"));
-        }
+        };
         if st.st_size as u64 > READ_CAP {
             return Err(format!(
                 "file is {} bytes, larger than the {READ_CAP}-byte read cap: not read",
