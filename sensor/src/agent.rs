@@ -165,6 +165,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         config,
         kubelet_root,
         trust_domain,
+        host_identity,
         fingerprint_key_file,
         mut kube_apiserver,
         mut vault_addr,
@@ -226,7 +227,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             watched_fds,
             counters_map,
             connect_wait: Duration::from_millis(connect_wait_ms),
-            resolver: identity::Resolver::new(kubelet_root, trust_domain, procfs::cgroup2_root()?),
+            resolver: identity::Resolver::new(kubelet_root, trust_domain, procfs::cgroup2_root()?)
+                .with_host_naming(host_identity),
             classifier: Classifier::new(key),
             endpoints,
         },

@@ -81,6 +81,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "TD", default_value = crate::identity::DEFAULT_TRUST_DOMAIN)]
     pub trust_domain: String,
 
+    /// How host processes are named: `unit` (systemd services by unit, others by user) or
+    /// `user` (all by user). `unit` because a service is usually the unit of deployment.
+    #[arg(long, value_enum, default_value_t = crate::identity::HostNaming::Unit)]
+    pub host_identity: crate::identity::HostNaming,
+
     /// Key for the HMAC-SHA256 fingerprints of secrets; created (0600, 32 random bytes) if
     /// absent. Share one key file across the hosts of a deployment so fingerprints match.
     #[arg(long, value_name = "FILE", default_value = crate::fingerprint::DEFAULT_KEY_FILE)]

@@ -19,6 +19,8 @@
 //! | login session, host process | `unix_user` | `spiffe://<td>/node/<host>/user/<user>` |
 //!
 //! Characters SPIFFE does not allow in a path segment (anything but `A-Za-z0-9.-_`) become `_`.
+//! With `--host-identity user`, systemd services are named by their user like any host process
+//! (for fleets where every service runs as its own dedicated user); the unit stays a selector.
 
 use std::{
     collections::HashMap,
@@ -83,7 +85,17 @@ struct PodInfo {
     found: Result<KubernetesIdentity, String>,
 }
 
+/// How processes outside containers are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostNaming {
+    /// systemd services by their unit, everything else by its user.
+    Unit,
+    /// Every host process by its user.
+    User,
+}
+
 pub struct Resolver {
+    host_naming: HostNaming,
     kubelet_root: PathBuf,
     trust_domain: String,
     hostname: String,
@@ -180,9 +192,15 @@ impl Resolver {
             trust_domain,
             hostname,
             cgroup_root,
+            host_naming: HostNaming::Unit,
             workloads: HashMap::new(),
             pods: HashMap::new(),
         }
+    }
+
+    pub fn with_host_naming(mut self, naming: HostNaming) -> Self {
+        self.host_naming = naming;
+        self
     }
 
     fn workload(&mut self, cgroup_id: u64, cgroup: Option<&str>) -> Arc<Workload> {
@@ -217,6 +235,21 @@ impl Resolver {
             },
         );
         found
+    }
+
+    /// The cgroup v2 `(id, path)` of a live process from `/proc/<pid>/cgroup`, for events that
+    /// have no kernel context (periodic read progress).
+    pub fn cgroup_of_pid(&self, pid: u32) -> Option<(u64, String)> {
+        use std::os::unix::fs::MetadataExt as _;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = text
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))?
+            .to_string();
+        let ino = std::fs::metadata(self.cgroup_root.join(path.trim_start_matches('/')))
+            .ok()?
+            .ino();
+        Some((ino, path))
     }
 
     /// Drops cached workloads whose cgroup is gone, and pods with them.
@@ -310,7 +343,7 @@ impl Resolver {
                     error: None,
                 }
             }
-            "systemd" if w.session.is_none() => {
+            "systemd" if w.session.is_none() && self.host_naming == HostNaming::Unit => {
                 let unit = w.unit.clone().unwrap_or_default();
                 let sel = vec![format!("systemd:id:{unit}")];
                 if w.unit_scope == Some("user") {
@@ -444,6 +477,12 @@ mod tests {
         );
         let (_, c) = r.resolve(&process(&format!("/system.slice/docker-{CID}.scope"), 7));
         assert_eq!(c.kind, "container");
+        let mut r2 = Resolver::new("/x".into(), "td".into(), "/nonexistent".into())
+            .with_host_naming(HostNaming::User);
+        r2.hostname = "node1".into();
+        let (_, by_user) = r2.resolve(&process("/system.slice/nginx.service", 1));
+        assert_eq!(by_user.kind, "unix_user");
+        assert_eq!(by_user.selectors[0], "systemd:id:nginx.service");
         r.prune();
         assert!(
             r.workloads.is_empty(),

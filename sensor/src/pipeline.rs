@@ -699,6 +699,10 @@ impl<W: Write> Pipeline<W> {
             ..TaskInfo::default()
         };
         let mut p = self.process(&task);
+        if let Some((id, path)) = self.resolver.cgroup_of_pid(tgid) {
+            p.cgroup_id = id;
+            p.cgroup = Some(path);
+        }
         p.ids = Ids {
             uid: snap.uid[0],
             euid: snap.uid[1],
