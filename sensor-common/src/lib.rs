@@ -241,10 +241,14 @@ pub struct CredChangeEvent {
     pub header: EventHeader,
     pub task: TaskInfo,
     pub old: Creds,
-    /// The syscall number that made the change.
+    /// The syscall number that made the change; [`SYSCALL_NONE`] when the hook (`commit_creds`)
+    /// is not tied to one syscall.
     pub syscall_nr: u32,
     pub _pad: u32,
 }
+
+/// `syscall_nr` of events from hooks that are not tied to one syscall (fentry/fexit paths).
+pub const SYSCALL_NONE: u32 = u32::MAX;
 
 /// An open of a watched file, for reading. Followed by `path.len` bytes of path.
 #[repr(C)]
@@ -266,10 +270,17 @@ pub struct FileOpenEvent {
     pub syscall_nr: u32,
     /// `WATCH_*` bits: which kind of rule matched in the kernel.
     pub matched: u32,
+    /// Failed opens ([`PATH_UNRESOLVED`]): the path ends with this many bytes of the string the
+    /// process passed (the rest is the directory it was relative to). 0 otherwise.
+    pub requested_len: u32,
+    pub _pad: u32,
 }
 
 /// `FileCloseEvent::reason`: the process called `close`.
 pub const CLOSE_SYSCALL: u32 = 1;
+/// `FileCloseEvent::reason`: closed because the process exited (seen in the kernel by the
+/// fentry path; the tracepoint path reports these from userspace).
+pub const CLOSE_EXIT: u32 = 2;
 
 /// A watched fd was closed. Bytes read through it are counted in the kernel; fds still open
 /// when a process exits are reported by userspace from the same counters.
@@ -523,7 +534,7 @@ mod tests {
         );
         assert_eq!(
             size_of::<FileOpenEvent>(),
-            16 + size_of::<TaskInfo>() + 8 + 3 * 8 + 4 * 4
+            16 + size_of::<TaskInfo>() + 8 + 3 * 8 + 6 * 4
         );
         assert_eq!(
             size_of::<FileCloseEvent>(),

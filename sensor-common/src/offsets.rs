@@ -31,6 +31,7 @@ pub struct KernelOffsets {
     pub task_mm: u32,
     pub task_thread_pid: u32,
     pub task_exit_code: u32,
+    pub task_flags: u32,
     // cred
     pub cred_uid: u32,
     pub cred_gid: u32,
@@ -142,6 +143,7 @@ impl KernelOffsets {
         task_mm: MISSING,
         task_thread_pid: MISSING,
         task_exit_code: MISSING,
+        task_flags: MISSING,
         cred_uid: MISSING,
         cred_gid: MISSING,
         cred_suid: MISSING,

@@ -11,17 +11,21 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use sensor_common::{
-    CLOSE_SYSCALL, Counter, EventKind, FdKey, FdState, FileCloseEvent, FileOpenEvent, NAME_KEY_LEN,
-    OpenArgs, PATH_BUF, PATH_TRUNCATED, PATH_UNRESOLVED, PREFIX_KEY_LEN, PathInfo, Setting,
-    WATCH_NAME, WATCH_NAME_PREFIX, WATCH_NAME_SUFFIX, WATCH_PREFIX, WATCH_TRUNCATED,
+    CLOSE_EXIT, CLOSE_SYSCALL, Counter, EventKind, FdKey, FdState, FileCloseEvent, FileOpenEvent,
+    NAME_KEY_LEN, OpenArgs, PATH_BUF, PATH_TRUNCATED, PATH_UNRESOLVED, PREFIX_KEY_LEN, PathInfo,
+    Setting, WATCH_NAME, WATCH_NAME_PREFIX, WATCH_NAME_SUFFIX, WATCH_PREFIX, WATCH_TRUNCATED,
 };
 
 use crate::{
     emit::{count, header, output},
-    kread::{current_task, fd_to_file, fill_current, off, read, read_ptr, sensor_tgid},
+    kread::{
+        current_task, fd_to_file, fill_current, off, read, read_ptr, sensor_tgid, zero_in_place,
+        zero_words,
+    },
     maps::{
         EVENT_SCRATCH, INFLIGHT_READS, NAME_SCRATCH, OPEN_ARGS, PATH_SCRATCH, SETTINGS,
         WATCH_NAME_PREFIXES, WATCH_NAME_SUFFIXES, WATCH_NAMES, WATCH_PREFIXES, WATCHED_FDS,
+        WATCHED_FILES,
     },
     path,
     scratch::{NameScratch, PathScratch},
@@ -83,7 +87,7 @@ fn name_rules(ns: *mut NameScratch, name: u64, len: u32) -> u32 {
     } else {
         len
     };
-    ns.name = [0; NAME_KEY_LEN];
+    zero_words(&raw mut ns.name);
     let ret =
         unsafe { bpf_probe_read_kernel(ns.name.as_mut_ptr().cast(), n & 0x7f, name as *const _) };
     if ret < 0 {
@@ -154,6 +158,7 @@ fn match_prefix(ps: *mut PathScratch) -> u32 {
 }
 
 /// `syscalls:sys_enter_open`: `open(filename, flags, mode)`.
+#[inline(always)]
 pub fn open_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let filename: u64 = unsafe { ctx.read_at(TP_ARG0) }?;
     let flags: u64 = unsafe { ctx.read_at(TP_ARG1) }?;
@@ -161,6 +166,7 @@ pub fn open_enter(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 /// `syscalls:sys_enter_openat`: `openat(dfd, filename, flags, mode)`.
+#[inline(always)]
 pub fn openat_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let dfd: i64 = unsafe { ctx.read_at(TP_ARG0) }?;
     let filename: u64 = unsafe { ctx.read_at(TP_ARG1) }?;
@@ -170,6 +176,7 @@ pub fn openat_enter(ctx: &TracePointContext) -> Result<(), i64> {
 
 /// `syscalls:sys_enter_openat2`: `openat2(dfd, filename, how, size)`; the flags are the first
 /// field of the user's `struct open_how`.
+#[inline(always)]
 pub fn openat2_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let dfd: i64 = unsafe { ctx.read_at(TP_ARG0) }?;
     let filename: u64 = unsafe { ctx.read_at(TP_ARG1) }?;
@@ -179,7 +186,7 @@ pub fn openat2_enter(ctx: &TracePointContext) -> Result<(), i64> {
 }
 
 #[inline(always)]
-fn is_read_open(flags: u32) -> bool {
+pub fn is_read_open(flags: u32) -> bool {
     flags & O_ACCMODE != O_WRONLY && flags & O_PATH == 0
 }
 
@@ -206,14 +213,26 @@ fn remember_open(filename: u64, flags: u32, dfd: i32) -> Result<(), i64> {
 /// `syscalls:sys_exit_{open,openat,openat2}`, successful opens: the new fd's `struct file`
 /// gives the canonical path. (Failed opens are [`open_failed_exit`]'s, a separate program so each
 /// stays well inside the verifier's budget.)
+#[inline(always)]
 pub fn open_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let ret: i64 = unsafe { ctx.read_at(TP_RET) }?;
+    open_ok(ret, syscall_nr(ctx))
+}
+
+#[inline(always)]
+fn syscall_nr(ctx: &TracePointContext) -> u32 {
+    unsafe { ctx.read_at::<i32>(TP_SYSCALL_NR) }.unwrap_or(-1) as u32
+}
+
+/// A finished open (from any hook): `ret` is the fd or `-errno`.
+#[inline(always)]
+pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if tgid == sensor_tgid() {
         return Ok(());
     }
     count(Counter::OpensSeen);
-    let ret: i64 = unsafe { ctx.read_at(TP_RET) }?;
     if ret < 0 {
         return Ok(());
     }
@@ -248,22 +267,23 @@ pub fn open_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let (dev, ino, mode) = inode_ids(file);
-    let state = FdState {
-        file,
-        bytes_read: 0,
-        reads: 0,
-        dev,
-        ino,
-        open_boot_ns: header(EventKind::FileOpen, 0).boot_ns,
-    };
+    // Zeroed first, then filled: a literal with adjacent zero fields becomes a `memset` call.
+    let mut slot = core::mem::MaybeUninit::<FdState>::uninit();
+    let state = zero_in_place(&mut slot);
+    state.file = file;
+    state.dev = dev;
+    state.ino = ino;
+    state.open_boot_ns = header(EventKind::FileOpen, 0).boot_ns;
     let key = FdKey {
         tgid,
         fd: ret as u32,
     };
-    if WATCHED_FDS.insert(&key, &state, 0).is_err() {
+    if WATCHED_FDS.insert(&key, &*state, 0).is_err()
+        || WATCHED_FILES.insert(&file, &key, 0).is_err()
+    {
         count(Counter::DropMapFull);
     }
-    emit_open(ctx, ns, ps, ret, f_flags, (dev, ino, mode));
+    emit_open(syscall_nr, ns, ps, ret, f_flags, (dev, ino, mode), 0);
     Ok(())
 }
 
@@ -276,15 +296,24 @@ const POS_MASK: u32 = PATH_BUF as u32 - 1;
 /// denied on a credential is a signal in itself). The path is the string the process passed; a
 /// relative one is joined to the directory it was relative to (working directory or `dfd`),
 /// which is resolved in the kernel like any path.
+#[inline(always)]
 pub fn open_failed_exit(ctx: &TracePointContext) -> Result<(), i64> {
-    let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
-    let tid = pid_tgid as u32;
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let Some(args) = (unsafe { OPEN_ARGS.get(&tid) }).copied() else {
         return Ok(());
     };
     let _ = OPEN_ARGS.remove(&tid);
     let ret: i64 = unsafe { ctx.read_at(TP_RET) }?;
-    if ret >= 0 {
+    open_failed(&args, ret, syscall_nr(ctx))
+}
+
+/// A failed open (from any hook), with the arguments the process passed.
+#[inline(always)]
+pub fn open_failed(args: &OpenArgs, ret: i64, syscall_nr: u32) -> Result<(), i64> {
+    if ret >= 0 || !is_read_open(args.flags) {
+        return Ok(());
+    }
+    if (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32 == sensor_tgid() {
         return Ok(());
     }
     let Some(ns) = NAME_SCRATCH.get_ptr_mut(0) else {
@@ -351,7 +380,8 @@ pub fn open_failed_exit(ctx: &TracePointContext) -> Result<(), i64> {
     if !decide(ns, ps) {
         return Ok(());
     }
-    emit_open(ctx, ns, ps, ret, args.flags, (0, 0, 0));
+    let requested = unsafe { core::ptr::read_volatile(&raw const (*ns).raw_len) } & POS_MASK;
+    emit_open(syscall_nr, ns, ps, ret, args.flags, (0, 0, 0), requested);
     Ok(())
 }
 
@@ -381,13 +411,18 @@ fn decide(ns: *mut NameScratch, ps: *mut PathScratch) -> bool {
 /// Builds and sends a `FileOpenEvent` for the path in `ps`. `inode` is (dev, ino, mode), zeros
 /// when the open failed.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one record, built from one hook's findings"
+)]
 fn emit_open(
-    ctx: &TracePointContext,
+    syscall_nr: u32,
     ns: *mut NameScratch,
     ps: *mut PathScratch,
     ret: i64,
     open_flags: u32,
     inode: (u64, u64, u32),
+    requested_len: u32,
 ) {
     let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
@@ -403,9 +438,15 @@ fn emit_open(
         flags: unsafe { (*ps).flags },
     };
     ev.ret = ret;
-    (ev.dev, ev.ino, ev.mode) = inode;
+    unsafe {
+        core::ptr::write_volatile(&raw mut ev.dev, inode.0);
+        core::ptr::write_volatile(&raw mut ev.ino, inode.1);
+        core::ptr::write_volatile(&raw mut ev.mode, inode.2);
+    }
     ev.open_flags = open_flags;
-    ev.syscall_nr = unsafe { ctx.read_at::<i32>(TP_SYSCALL_NR) }.unwrap_or(-1) as u32;
+    ev.syscall_nr = syscall_nr;
+    ev.requested_len = requested_len;
+    ev._pad = 0;
     ev.matched = matched(ns);
     let dst = unsafe { (buf as *mut u8).add(fixed) };
     let src = unsafe {
@@ -423,6 +464,7 @@ fn emit_open(
 
 /// `syscalls:sys_enter_*` of the syscalls that read from an fd: remember reads on watched fds.
 /// `fd_arg` is the record offset of the source fd argument.
+#[inline(always)]
 pub fn read_enter(ctx: &TracePointContext, fd_arg: usize) -> Result<(), i64> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let fd: u64 = unsafe { ctx.read_at(fd_arg) }?;
@@ -447,6 +489,7 @@ pub fn read_enter(ctx: &TracePointContext, fd_arg: usize) -> Result<(), i64> {
 }
 
 /// `syscalls:sys_exit_{read,...}`: add the bytes read to the fd's counters.
+#[inline(always)]
 pub fn read_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
@@ -462,20 +505,35 @@ pub fn read_exit(ctx: &TracePointContext) -> Result<(), i64> {
         tgid: (pid_tgid >> 32) as u32,
         fd,
     };
-    if let Some(state) = WATCHED_FDS.get_ptr_mut(&key) {
-        // Threads of one process may read the same fd on several CPUs at once.
-        unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
-                &raw mut (*state).bytes_read,
-                ret as u64,
-            );
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).reads, 1);
-        }
-    }
+    add_bytes(&key, ret as u64);
     Ok(())
 }
 
+/// A read of `ret` bytes through `file`, seen by a hook that has the `struct file` but not the
+/// fd (`fexit` on the VFS read functions).
+#[inline(always)]
+pub fn file_read(file: u64, ret: i64) {
+    if ret <= 0 {
+        return;
+    }
+    if let Some(key) = unsafe { WATCHED_FILES.get(&file) }.copied() {
+        add_bytes(&key, ret as u64);
+    }
+}
+
+#[inline(always)]
+fn add_bytes(key: &FdKey, ret: u64) {
+    if let Some(state) = WATCHED_FDS.get_ptr_mut(key) {
+        // Threads of one process may read the same fd on several CPUs at once.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).bytes_read, ret);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).reads, 1);
+        }
+    }
+}
+
 /// `syscalls:sys_enter_close`: report a watched fd's totals and forget it.
+#[inline(always)]
 pub fn close_enter(ctx: &TracePointContext) -> Result<(), i64> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     let fd: u64 = unsafe { ctx.read_at(TP_ARG0) }?;
@@ -487,18 +545,49 @@ pub fn close_enter(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     };
     let _ = WATCHED_FDS.remove(&key);
+    let _ = WATCHED_FILES.remove(&state.file);
     if state.file != fd_to_file(current_task(), fd) {
         return Ok(());
     }
+    emit_close(&key, &state, CLOSE_SYSCALL);
+    Ok(())
+}
+
+/// `filp_close(file, owner)` (fentry): an fd of `file` is being closed, by `close` or because
+/// the process exits (`PF_EXITING`).
+#[inline(always)]
+pub fn file_closing(file: u64) {
+    let Some(key) = unsafe { WATCHED_FILES.get(&file) }.copied() else {
+        return;
+    };
+    let _ = WATCHED_FILES.remove(&file);
+    let Some(state) = (unsafe { WATCHED_FDS.get(&key) }).copied() else {
+        return;
+    };
+    let _ = WATCHED_FDS.remove(&key);
+    let flags = read::<u32>(current_task(), off!(task_flags)).unwrap_or(0);
+    let reason = if flags & PF_EXITING != 0 {
+        CLOSE_EXIT
+    } else {
+        CLOSE_SYSCALL
+    };
+    emit_close(&key, &state, reason);
+}
+
+/// `task_struct.flags`: the task is exiting.
+const PF_EXITING: u32 = 0x4;
+
+#[inline(always)]
+fn emit_close(key: &FdKey, state: &FdState, reason: u32) {
     let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
-        return Ok(());
+        return;
     };
     let ev = unsafe { &mut *(buf as *mut FileCloseEvent) };
     ev.header = header(EventKind::FileClose, core::mem::size_of::<FileCloseEvent>());
     fill_current(&mut ev.task);
-    ev.fd = fd as i32;
-    ev.reason = CLOSE_SYSCALL;
+    ev.fd = key.fd as i32;
+    ev.reason = reason;
     ev.bytes_read = state.bytes_read;
     ev.reads = state.reads;
     ev.dev = state.dev;
@@ -507,5 +596,4 @@ pub fn close_enter(ctx: &TracePointContext) -> Result<(), i64> {
         buf as *const u8,
         core::mem::size_of::<FileCloseEvent>() as u64,
     );
-    Ok(())
 }

@@ -1,11 +1,10 @@
 //! Reading kernel structs through offsets that userspace resolved from this kernel's BTF.
 
-use aya_ebpf::helpers::{
-    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task,
-    generated::bpf_probe_read_kernel,
+use aya_ebpf::helpers::generated::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel,
 };
 use sensor_common::{
-    Creds, KernelOffsets, Namespaces, TASK_CREDS_MISSING, TASK_KTHREAD, TASK_NS_MISSING, TTY_LEN,
+    COMM_LEN, Creds, KernelOffsets, Namespaces, TASK_CREDS_MISSING, TASK_KTHREAD, TASK_NS_MISSING,
     TaskInfo, offsets::MISSING,
 };
 
@@ -53,6 +52,42 @@ pub fn read<T: Copy>(base: u64, offset: u64) -> Result<T, i64> {
     }
 }
 
+/// Zeroes a value whose size is a multiple of 8 and that is 8-byte aligned, with plain stores.
+/// LLVM's BPF back end turns aggregate zeroing into `memset` calls, and a call to `memset` is a
+/// BPF global function taking a pointer, which kernels before ~6.6 refuse to load.
+#[inline(always)]
+pub fn zero_words<T>(p: *mut T) {
+    let words = core::mem::size_of::<T>() / 8;
+    for i in 0..words {
+        unsafe { core::ptr::write_volatile(p.cast::<u64>().add(i), 0) };
+    }
+}
+
+/// Zeroes `slot` in place and returns it initialized. (Returning a zeroed value instead would
+/// copy it, and LLVM turns the known-zero bytes of the copy back into a `memset` call.)
+#[inline(always)]
+pub fn zero_in_place<T>(slot: &mut core::mem::MaybeUninit<T>) -> &mut T {
+    zero_words(slot.as_mut_ptr());
+    unsafe { slot.assume_init_mut() }
+}
+
+/// Reads a `T` at `base + offset` straight into `dst`; on failure `dst` is zeroed (by the
+/// helper, or here when the field is missing).
+#[inline(always)]
+pub fn read_into<T>(dst: *mut T, base: u64, offset: u64) {
+    if base == 0 || offset == MISSING as u64 {
+        zero_words(dst);
+        return;
+    }
+    unsafe {
+        bpf_probe_read_kernel(
+            dst.cast(),
+            core::mem::size_of::<T>() as u32,
+            (base + offset) as *const core::ffi::c_void,
+        )
+    };
+}
+
 /// Reads a pointer member.
 #[inline(always)]
 pub fn read_ptr(base: u64, offset: u64) -> Result<u64, i64> {
@@ -96,6 +131,15 @@ pub fn fd_to_file(task: u64, fd: u64) -> u64 {
 #[inline(always)]
 pub fn read_creds(task: u64, creds: &mut Creds) -> Result<(), i64> {
     let cred = read_ptr(task, off!(task_real_cred))?;
+    read_cred_struct(cred, creds)?;
+    creds.loginuid = read::<u32>(task, off!(task_loginuid)).unwrap_or(u32::MAX);
+    creds.sessionid = read::<u32>(task, off!(task_sessionid)).unwrap_or(u32::MAX);
+    Ok(())
+}
+
+/// The ids and capabilities of one `struct cred` (login identity left as is).
+#[inline(always)]
+pub fn read_cred_struct(cred: u64, creds: &mut Creds) -> Result<(), i64> {
     creds.uid = read::<u32>(cred, off!(cred_uid))?;
     creds.gid = read::<u32>(cred, off!(cred_gid))?;
     creds.euid = read::<u32>(cred, off!(cred_euid))?;
@@ -106,8 +150,6 @@ pub fn read_creds(task: u64, creds: &mut Creds) -> Result<(), i64> {
     creds.fsgid = read::<u32>(cred, off!(cred_fsgid))?;
     creds.cap_effective = read::<u64>(cred, off!(cred_cap_effective))?;
     creds.cap_permitted = read::<u64>(cred, off!(cred_cap_permitted))?;
-    creds.loginuid = read::<u32>(task, off!(task_loginuid)).unwrap_or(u32::MAX);
-    creds.sessionid = read::<u32>(task, off!(task_sessionid)).unwrap_or(u32::MAX);
     Ok(())
 }
 
@@ -162,13 +204,11 @@ pub fn fill_current(info: &mut TaskInfo) {
     if read_ptr(task, off!(task_mm)).unwrap_or(0) == 0 {
         info.flags |= TASK_KTHREAD;
     }
-    info.tty = [0; TTY_LEN];
-    if let Ok(signal) = read_ptr(task, off!(task_signal))
-        && let Ok(tty) = read_ptr(signal, off!(signal_tty))
-        && tty != 0
-        && let Ok(name) = read::<[u8; TTY_LEN]>(tty, off!(tty_name))
-    {
-        info.tty = name;
+    let signal = read_ptr(task, off!(task_signal)).unwrap_or(0);
+    let tty = read_ptr(signal, off!(signal_tty)).unwrap_or(0);
+    read_into(&raw mut info.tty, tty, off!(tty_name));
+    let comm = &raw mut info.comm;
+    if unsafe { bpf_get_current_comm(comm.cast(), COMM_LEN as u32) } < 0 {
+        zero_words(comm);
     }
-    info.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }

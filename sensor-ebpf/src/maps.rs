@@ -6,7 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    Counter, Creds, FdKey, FdState, NameKeyData, OpenArgs, PrefixKeyData, SETTINGS_LEN, UdpFlowKey,
+    Counter, Creds, FdKey, FdState, NameKeyData, NetResultEvent, OpenArgs, PrefixKeyData,
+    SETTINGS_LEN, UdpFlowKey,
 };
 
 use crate::scratch::{EventScratch, NameScratch, PathScratch};
@@ -50,6 +51,11 @@ pub static WATCHED_FDS: HashMap<FdKey, FdState> = HashMap::with_max_entries(1638
 #[map]
 pub static OPEN_ARGS: LruHashMap<u32, OpenArgs> = LruHashMap::with_max_entries(8192, 0);
 
+/// `struct file *` → its watched fd: lets hooks that see the file but not the fd (fexit on the
+/// VFS read functions, fentry on `filp_close`) find the fd's counters.
+#[map]
+pub static WATCHED_FILES: HashMap<u64, FdKey> = HashMap::with_max_entries(16384, 0);
+
 /// Thread id → fd of a read syscall in flight on a watched fd.
 #[map]
 pub static INFLIGHT_READS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(8192, 0);
@@ -73,6 +79,11 @@ pub static UDP_FLOWS: LruHashMap<UdpFlowKey, u32> = LruHashMap::with_max_entries
 /// Per-CPU scratch space: records are assembled here, not on the 512-byte stack.
 #[map]
 pub static EVENT_SCRATCH: PerCpuArray<EventScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch for connect outcomes, which may be produced in softirq context on top of a program
+/// that is using `EVENT_SCRATCH` on the same CPU.
+#[map]
+pub static RESULT_SCRATCH: PerCpuArray<NetResultEvent> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static PATH_SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);

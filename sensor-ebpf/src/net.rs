@@ -3,6 +3,7 @@
 //! failures from `sys_exit_connect`, and inbound accepts from `sys_exit_accept{,4}`.
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::generated::bpf_get_socket_cookie,
     programs::{SockAddrContext, TracePointContext},
 };
@@ -13,8 +14,11 @@ use sensor_common::{
 
 use crate::{
     emit::{count, header, output_value},
-    kread::{current_task, fd_to_file, fill_current, off, read, read_ptr, sensor_tgid},
-    maps::{CONNECT_SYSCALLS, EVENT_SCRATCH, PENDING_CONNECTS, UDP_FLOWS},
+    kread::{
+        current_task, fd_to_file, fill_current, off, read, read_into, read_ptr, sensor_tgid,
+        zero_in_place, zero_words,
+    },
+    maps::{CONNECT_SYSCALLS, EVENT_SCRATCH, PENDING_CONNECTS, RESULT_SCRATCH, UDP_FLOWS},
 };
 
 const AF_INET: u16 = 2;
@@ -35,31 +39,31 @@ macro_rules! ctx_u32 {
 
 /// The destination a `connect`/`sendmsg` is about to use.
 #[inline(always)]
-fn user_dst(ctx: &SockAddrContext, v6: bool) -> SockAddr {
-    let mut dst = SockAddr {
-        port: u16::from_be(ctx_u32!(ctx, user_port) as u16),
-        ..SockAddr::default()
-    };
+fn user_dst(ctx: &SockAddrContext, v6: bool, dst: &mut SockAddr) {
+    zero_words(dst);
+    dst.port = u16::from_be(ctx_u32!(ctx, user_port) as u16);
+    // The address as four 32-bit words in memory order (network order), stored as such.
+    let words = dst.addr.as_mut_ptr().cast::<u32>();
     if v6 {
         dst.family = AF_INET6;
-        let w0 = ctx_u32!(ctx, user_ip6[0]).to_ne_bytes();
-        let w1 = ctx_u32!(ctx, user_ip6[1]).to_ne_bytes();
-        let w2 = ctx_u32!(ctx, user_ip6[2]).to_ne_bytes();
-        let w3 = ctx_u32!(ctx, user_ip6[3]).to_ne_bytes();
-        dst.addr = [
-            w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3], w2[0], w2[1], w2[2], w2[3],
-            w3[0], w3[1], w3[2], w3[3],
+        let w = [
+            ctx_u32!(ctx, user_ip6[0]),
+            ctx_u32!(ctx, user_ip6[1]),
+            ctx_u32!(ctx, user_ip6[2]),
+            ctx_u32!(ctx, user_ip6[3]),
         ];
+        for (i, word) in w.iter().enumerate() {
+            unsafe { core::ptr::write_unaligned(words.add(i), *word) };
+        }
     } else {
         dst.family = AF_INET;
-        let b = ctx_u32!(ctx, user_ip4).to_ne_bytes();
-        dst.addr[..4].copy_from_slice(&b);
+        let w = ctx_u32!(ctx, user_ip4);
+        unsafe { core::ptr::write_unaligned(words, w) };
     }
-    dst
 }
 
 #[inline(always)]
-fn emit_connect(ctx: &SockAddrContext, kind: EventKind, cookie: u64, dst: SockAddr) {
+fn emit_connect(ctx: &SockAddrContext, kind: EventKind, cookie: u64, v6: bool) {
     let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
         return;
@@ -70,21 +74,21 @@ fn emit_connect(ctx: &SockAddrContext, kind: EventKind, cookie: u64, dst: SockAd
     ev.header = header(kind, core::mem::size_of::<NetConnectEvent>());
     fill_current(&mut ev.task);
     ev.cookie = cookie;
-    ev.dst = dst;
+    user_dst(ctx, v6, &mut ev.dst);
     ev.protocol = protocol;
     ev.sock_type = sock_type;
     output_value(ev);
 }
 
 /// `cgroup/connect4` and `cgroup/connect6`. Always allows the connect (returns 1).
+#[inline(always)]
 pub fn connect(ctx: &SockAddrContext, v6: bool) {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == sensor_tgid() {
         return;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let dst = user_dst(ctx, v6);
-    emit_connect(ctx, EventKind::NetConnect, cookie, dst);
+    emit_connect(ctx, EventKind::NetConnect, cookie, v6);
     if ctx_u32!(ctx, protocol) == IPPROTO_TCP {
         if PENDING_CONNECTS.insert(&cookie, &0, 0).is_err() {
             count(Counter::DropMapFull);
@@ -100,32 +104,42 @@ pub fn connect(ctx: &SockAddrContext, v6: bool) {
 
 /// `cgroup/sendmsg4` and `cgroup/sendmsg6`: UDP datagrams with an explicit destination, reported
 /// once per (socket, destination).
+#[inline(always)]
 pub fn sendmsg(ctx: &SockAddrContext, v6: bool) {
     if (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32 == sensor_tgid() {
         return;
     }
     let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
-    let dst = user_dst(ctx, v6);
-    let key = UdpFlowKey { cookie, dst };
-    if unsafe { UDP_FLOWS.get(&key) }.is_some() {
+    let mut slot = core::mem::MaybeUninit::<UdpFlowKey>::uninit();
+    let key = zero_in_place(&mut slot);
+    key.cookie = cookie;
+    user_dst(ctx, v6, &mut key.dst);
+    if unsafe { UDP_FLOWS.get(&*key) }.is_some() {
         count(Counter::UdpDeduped);
         return;
     }
-    if UDP_FLOWS.insert(&key, &0, 0).is_err() {
+    if UDP_FLOWS.insert(&*key, &0, 0).is_err() {
         count(Counter::DropMapFull);
     }
-    emit_connect(ctx, EventKind::NetUdpSend, cookie, dst);
+    emit_connect(ctx, EventKind::NetUdpSend, cookie, v6);
 }
 
 /// `syscalls:sys_exit_connect`: a TCP connect that failed before it sent a SYN (no route,
 /// refused by policy, ...) never reaches `inet_sock_set_state`.
+#[inline(always)]
 pub fn connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let ret: i64 = unsafe { ctx.read_at(16) }?;
+    connect_returned(ret)
+}
+
+/// The connect syscall returned `ret` (from any hook: `sys_exit_connect`, fexit `__sys_connect`).
+#[inline(always)]
+pub fn connect_returned(ret: i64) -> Result<(), i64> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let Some(cookie) = (unsafe { CONNECT_SYSCALLS.get(&tid) }).copied() else {
         return Ok(());
     };
     let _ = CONNECT_SYSCALLS.remove(&tid);
-    let ret: i64 = unsafe { ctx.read_at(16) }?;
     if ret >= 0 || ret == -EINPROGRESS {
         return Ok(());
     }
@@ -134,17 +148,20 @@ pub fn connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
         return Ok(());
     }
     let _ = PENDING_CONNECTS.remove(&cookie);
-    let ev = NetResultEvent {
-        header: header(
-            EventKind::NetConnectResult,
-            core::mem::size_of::<NetResultEvent>(),
-        ),
-        cookie,
-        result: RESULT_FAILED,
-        error: (-ret) as u32,
-        ..NetResultEvent::default()
+    let Some(ev) = RESULT_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::DropNoScratch);
+        return Ok(());
     };
-    output_value(&ev);
+    zero_words(ev);
+    let ev = unsafe { &mut *ev };
+    ev.header = header(
+        EventKind::NetConnectResult,
+        core::mem::size_of::<NetResultEvent>(),
+    );
+    ev.cookie = cookie;
+    ev.result = RESULT_FAILED;
+    ev.error = (-ret) as u32;
+    output_value(ev);
     Ok(())
 }
 
@@ -165,6 +182,7 @@ mod set_state {
 
 /// `sock:inet_sock_set_state`: SYN_SENT → ESTABLISHED or CLOSE is the outcome of a connect we
 /// reported. Runs in softirq context, so it carries no process: userspace joins by cookie.
+#[inline(always)]
 pub fn tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
     let old: i32 = unsafe { ctx.read_at(set_state::OLDSTATE) }?;
     if old != TCP_SYN_SENT {
@@ -185,26 +203,38 @@ pub fn tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let _ = PENDING_CONNECTS.remove(&cookie);
     let family: u16 = unsafe { ctx.read_at(set_state::FAMILY) }?;
-    let mut ev = NetResultEvent {
-        header: header(
-            EventKind::NetConnectResult,
-            core::mem::size_of::<NetResultEvent>(),
-        ),
-        cookie,
-        ..NetResultEvent::default()
+    // Softirq context: its own scratch, so it never tramples a record a preempted program on
+    // this CPU is still building in EVENT_SCRATCH.
+    let Some(ev) = RESULT_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::DropNoScratch);
+        return Ok(());
     };
+    zero_words(ev);
+    let ev = unsafe { &mut *ev };
+    ev.header = header(
+        EventKind::NetConnectResult,
+        core::mem::size_of::<NetResultEvent>(),
+    );
+    ev.cookie = cookie;
     ev.src.family = family;
     ev.dst.family = family;
     ev.src.port = unsafe { ctx.read_at::<u16>(set_state::SPORT) }?;
     ev.dst.port = unsafe { ctx.read_at::<u16>(set_state::DPORT) }?;
+    let rec = ctx.as_ptr() as u64;
     if family == AF_INET6 {
-        ev.src.addr = unsafe { ctx.read_at::<[u8; 16]>(set_state::SADDR_V6) }?;
-        ev.dst.addr = unsafe { ctx.read_at::<[u8; 16]>(set_state::DADDR_V6) }?;
+        read_into(&raw mut ev.src.addr, rec, set_state::SADDR_V6 as u64);
+        read_into(&raw mut ev.dst.addr, rec, set_state::DADDR_V6 as u64);
     } else {
-        let s = unsafe { ctx.read_at::<[u8; 4]>(set_state::SADDR) }?;
-        let d = unsafe { ctx.read_at::<[u8; 4]>(set_state::DADDR) }?;
-        ev.src.addr[..4].copy_from_slice(&s);
-        ev.dst.addr[..4].copy_from_slice(&d);
+        read_into(
+            ev.src.addr.as_mut_ptr().cast::<u32>(),
+            rec,
+            set_state::SADDR as u64,
+        );
+        read_into(
+            ev.dst.addr.as_mut_ptr().cast::<u32>(),
+            rec,
+            set_state::DADDR as u64,
+        );
     }
     if new == TCP_ESTABLISHED {
         ev.result = RESULT_ESTABLISHED;
@@ -212,17 +242,24 @@ pub fn tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
         ev.result = RESULT_FAILED;
         ev.error = read::<i32>(sk, off!(sk_err)).unwrap_or(0) as u32;
     }
-    output_value(&ev);
+    output_value(ev);
     Ok(())
 }
 
 /// `syscalls:sys_exit_accept{,4}`: an inbound connection handed to a process.
+#[inline(always)]
 pub fn accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
+    let ret: i64 = unsafe { ctx.read_at(16) }?;
+    accepted(ret)
+}
+
+/// An accept returned `ret`, the new fd or `-errno` (from any hook).
+#[inline(always)]
+pub fn accepted(ret: i64) -> Result<(), i64> {
     let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
     if (pid_tgid >> 32) as u32 == sensor_tgid() {
         return Ok(());
     }
-    let ret: i64 = unsafe { ctx.read_at(16) }?;
     if ret < 0 {
         return Ok(());
     }
@@ -242,24 +279,26 @@ pub fn accept_exit(ctx: &TracePointContext) -> Result<(), i64> {
     };
     let ev = unsafe { &mut *(buf as *mut NetAcceptEvent) };
     ev.header = header(EventKind::NetAccept, core::mem::size_of::<NetAcceptEvent>());
-    ev.local = SockAddr {
-        family,
-        port: read::<u16>(sk, off!(sk_num)).unwrap_or(0),
-        ..SockAddr::default()
-    };
-    ev.remote = SockAddr {
-        family,
-        port: u16::from_be(read::<u16>(sk, off!(sk_dport)).unwrap_or(0)),
-        ..SockAddr::default()
-    };
+    zero_words(&raw mut ev.local);
+    zero_words(&raw mut ev.remote);
+    ev.local.family = family;
+    ev.local.port = read::<u16>(sk, off!(sk_num)).unwrap_or(0);
+    ev.remote.family = family;
+    ev.remote.port = u16::from_be(read::<u16>(sk, off!(sk_dport)).unwrap_or(0));
     if family == AF_INET6 {
-        ev.local.addr = read::<[u8; 16]>(sk, off!(sk_v6_rcv_saddr)).unwrap_or([0; 16]);
-        ev.remote.addr = read::<[u8; 16]>(sk, off!(sk_v6_daddr)).unwrap_or([0; 16]);
+        read_into(&raw mut ev.local.addr, sk, off!(sk_v6_rcv_saddr));
+        read_into(&raw mut ev.remote.addr, sk, off!(sk_v6_daddr));
     } else {
-        let l = read::<[u8; 4]>(sk, off!(sk_rcv_saddr)).unwrap_or([0; 4]);
-        let r = read::<[u8; 4]>(sk, off!(sk_daddr)).unwrap_or([0; 4]);
-        ev.local.addr[..4].copy_from_slice(&l);
-        ev.remote.addr[..4].copy_from_slice(&r);
+        read_into(
+            ev.local.addr.as_mut_ptr().cast::<u32>(),
+            sk,
+            off!(sk_rcv_saddr),
+        );
+        read_into(
+            ev.remote.addr.as_mut_ptr().cast::<u32>(),
+            sk,
+            off!(sk_daddr),
+        );
     }
     ev.fd = ret as i32;
     ev.protocol = if off!(sk_protocol_size) == 1 {

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     helpers::generated::{bpf_probe_read_kernel, bpf_probe_read_kernel_str, bpf_probe_read_user},
-    programs::{RawTracePointContext, TracePointContext},
+    programs::TracePointContext,
 };
 use sensor_common::{
     ARGS_MAX, ARGS_READ_ERROR, ARGS_TRUNCATED, Counter, CredChangeEvent, Creds, ENV_MAX,
@@ -12,7 +12,10 @@ use sensor_common::{
 
 use crate::{
     emit::{count, header, output, output_value},
-    kread::{current_task, fill_current, off, read, read_creds, read_ptr, sensor_tgid},
+    kread::{
+        current_task, fill_current, off, read, read_cred_struct, read_creds, read_ptr, sensor_tgid,
+        zero_in_place, zero_words,
+    },
     maps::{CRED_SNAPSHOTS, EVENT_SCRATCH, PATH_SCRATCH},
     path,
 };
@@ -23,10 +26,10 @@ const ENV_MASK: u32 = ENV_MAX as u32 - 1;
 
 /// `sched_process_exec(task, old_pid, bprm)`: the new program image is in place, so
 /// `mm->exe_file` and the argv on the new stack are the new program's.
-pub fn exec(ctx: &RawTracePointContext) -> Result<(), i64> {
+/// Takes the tracepoint's arguments (the same for raw and BTF tracepoints).
+#[inline(always)]
+pub fn exec(old_pid: u64, bprm: u64) -> Result<(), i64> {
     let task = current_task();
-    let old_pid: u64 = ctx.arg(1);
-    let bprm: u64 = ctx.arg(2);
     let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
         return Ok(());
@@ -45,9 +48,12 @@ pub fn exec(ctx: &RawTracePointContext) -> Result<(), i64> {
     let mm = read_ptr(task, off!(task_mm)).unwrap_or(0);
     let exe_file = read_ptr(mm, off!(mm_exe_file)).unwrap_or(0);
     let mut plen = 0;
-    ev.exe_dev = 0;
-    ev.exe_ino = 0;
-    ev.exe = PathInfo { len: 0, flags: 0 };
+    // Volatile: adjacent zero stores would be merged into a `memset` call (see `zero_words`).
+    unsafe {
+        core::ptr::write_volatile(&raw mut ev.exe_dev, 0);
+        core::ptr::write_volatile(&raw mut ev.exe_ino, 0);
+    }
+    zero_words(&raw mut ev.exe);
     if exe_file != 0 {
         let dentry = read_ptr(exe_file, off!(file_f_path_dentry)).unwrap_or(0);
         let vfsmnt = read_ptr(exe_file, off!(file_f_path_mnt)).unwrap_or(0);
@@ -134,8 +140,8 @@ pub fn exec(ctx: &RawTracePointContext) -> Result<(), i64> {
 }
 
 /// `sched_process_fork(parent, child)`: a new process (threads are skipped). Runs in the parent.
-pub fn fork(ctx: &RawTracePointContext) -> Result<(), i64> {
-    let child: u64 = ctx.arg(1);
+#[inline(always)]
+pub fn fork(child: u64) -> Result<(), i64> {
     let child_pid = read::<u32>(child, off!(task_pid))?;
     let child_tgid = read::<u32>(child, off!(task_tgid))?;
     if child_pid != child_tgid {
@@ -161,7 +167,8 @@ pub fn fork(ctx: &RawTracePointContext) -> Result<(), i64> {
 /// `sched_process_exit(task[, group_dead])`: report when the last thread of a process exits.
 /// `signal->live` has been decremented before the tracepoint fires, so 0 means the group is dead
 /// (the `group_dead` argument only exists on recent kernels).
-pub fn exit(_ctx: &RawTracePointContext) -> Result<(), i64> {
+#[inline(always)]
+pub fn exit() -> Result<(), i64> {
     let task = current_task();
     let signal = read_ptr(task, off!(task_signal))?;
     let live = read::<i32>(signal, off!(signal_live))?;
@@ -182,38 +189,64 @@ pub fn exit(_ctx: &RawTracePointContext) -> Result<(), i64> {
 }
 
 /// `syscalls:sys_enter_set*id/setgroups/capset`: snapshot the credentials before the change.
+#[inline(always)]
 pub fn cred_enter(_ctx: &TracePointContext) -> Result<(), i64> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
-    let mut creds = Creds::default();
-    read_creds(current_task(), &mut creds)?;
-    if CRED_SNAPSHOTS.insert(&tid, &creds, 0).is_err() {
+    let mut slot = core::mem::MaybeUninit::<Creds>::uninit();
+    let creds = zero_in_place(&mut slot);
+    read_creds(current_task(), creds)?;
+    if CRED_SNAPSHOTS.insert(&tid, &*creds, 0).is_err() {
         count(Counter::DropMapFull);
     }
     Ok(())
 }
 
 /// `syscalls:sys_exit_set*id/setgroups/capset`: report a change with the old and new ids.
+#[inline(always)]
 pub fn cred_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
     let Some(old) = (unsafe { CRED_SNAPSHOTS.get(&tid) }).copied() else {
         return Ok(());
     };
     let _ = CRED_SNAPSHOTS.remove(&tid);
+    let nr = unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1) as u32;
+    emit_cred_change(&old, None, nr)
+}
+
+/// `commit_creds(new)` (fentry): every credential change, whatever caused it (set*id, capset,
+/// setgroups, a setuid exec, keyctl, ...). The task still has its old credentials.
+#[inline(always)]
+pub fn commit_creds(new: u64, syscall_nr: u32) -> Result<(), i64> {
+    let mut slot = core::mem::MaybeUninit::<Creds>::uninit();
+    let old = zero_in_place(&mut slot);
+    read_creds(current_task(), old)?;
+    emit_cred_change(old, Some(new), syscall_nr)
+}
+
+/// Emits a change from `old` to the task's current credentials, or to `new` (a `struct cred *`
+/// about to be installed) when given. Nothing when nothing changed.
+#[inline(always)]
+fn emit_cred_change(old: &Creds, new: Option<u64>, syscall_nr: u32) -> Result<(), i64> {
     let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
         return Ok(());
     };
     let ev = unsafe { &mut *(buf as *mut CredChangeEvent) };
     fill_current(&mut ev.task);
-    if ev.task.creds == old {
+    if let Some(new) = new {
+        let login = (ev.task.creds.loginuid, ev.task.creds.sessionid);
+        read_cred_struct(new, &mut ev.task.creds)?;
+        (ev.task.creds.loginuid, ev.task.creds.sessionid) = login;
+    }
+    if ev.task.creds == *old {
         return Ok(());
     }
     ev.header = header(
         EventKind::CredChange,
         core::mem::size_of::<CredChangeEvent>(),
     );
-    ev.old = old;
-    ev.syscall_nr = unsafe { ctx.read_at::<i32>(8) }.unwrap_or(-1) as u32;
+    ev.old = *old;
+    ev.syscall_nr = syscall_nr;
     ev._pad = 0;
     output_value(ev);
     Ok(())

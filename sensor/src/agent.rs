@@ -93,7 +93,7 @@ pub fn attach(kernel: &KernelArgs, rules: &RuleSet) -> anyhow::Result<Attached> 
         ring_bytes,
     })?;
     rules.install(&mut ebpf)?;
-    let reports = hooks::attach_all(&mut ebpf, &btf, &cgroup_root)?;
+    let reports = hooks::attach_all(&mut ebpf, &btf, &cgroup_root, &kernel.disable_hooks)?;
     Ok(Attached { ebpf, reports })
 }
 
@@ -231,6 +231,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .with_host_naming(host_identity),
             classifier: Classifier::new(key),
             endpoints,
+            kernel_reports_exit_closes: attached.reports.iter().any(|j| {
+                j.name == "file-read"
+                    && j.chosen()
+                        .is_some_and(|c| c.kind == hooks::HookKind::FEntry)
+            }),
         },
     );
 

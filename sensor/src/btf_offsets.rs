@@ -243,6 +243,7 @@ const FIELDS: &[Field] = &[
     field!(required mm_arg_start = mm_struct.arg_start),
     field!(required mm_arg_end = mm_struct.arg_end),
     field!(required mm_env_start = mm_struct.env_start),
+    field!(required task_flags = task_struct.flags),
     field!(required mm_env_end = mm_struct.env_end),
     // Only enriches exec events, which also carry the exec'd file name from `linux_binprm`.
     field!(optional mm_exe_file = mm_struct.exe_file),

@@ -127,6 +127,12 @@ pub struct KernelArgs {
     #[arg(long, default_value = crate::btf_offsets::VMLINUX_BTF)]
     pub btf: PathBuf,
 
+    /// Hook families not to use, even where the kernel allows them (comma-separated: lsm,
+    /// fentry, btf-tracepoint, raw-tracepoint, tracepoint, cgroup-sock-addr). Forces the
+    /// fallbacks, e.g. to test them or to work around a kernel bug.
+    #[arg(long, value_delimiter = ',', env = "NHI_SENSOR_DISABLE_HOOKS")]
+    pub disable_hooks: Vec<crate::hooks::HookKind>,
+
     /// Ring buffer size in MiB (a power of two). 8 MiB holds ~30,000 typical events while
     /// userspace catches up.
     #[arg(long, default_value_t = 8)]

@@ -14,6 +14,8 @@ pub enum KernelEvent {
         filename: Vec<u8>,
         args: Vec<u8>,
         /// Raw `NAME=value` strings: secret material.
+        #[allow(dead_code)]
+        // Classified into credential-variable names by the identity layer.
         env: SecretBytes,
     },
     Fork(ForkEvent),

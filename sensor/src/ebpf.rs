@@ -55,3 +55,39 @@ fn raise_memlock() {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _, RelocationTarget};
+
+    /// Calls to `memset`/`memcpy`/... are BPF global functions taking pointers, which kernels
+    /// before ~6.6 refuse to load ("reg type unsupported for arg#0 function memset"): the
+    /// programs must not contain any (see `zero_words` in sensor-ebpf).
+    #[test]
+    fn programs_call_no_memory_builtins() {
+        if super::OBJECT.is_empty() {
+            panic!("no eBPF object embedded (built with AYA_BUILD_SKIP=1?)");
+        }
+        let file = object::File::parse(super::OBJECT).expect("parsing the eBPF object");
+        let mut calls = Vec::new();
+        let mut seen = 0;
+        for section in file.sections() {
+            for (_, reloc) in section.relocations() {
+                seen += 1;
+                if let RelocationTarget::Symbol(idx) = reloc.target()
+                    && let Ok(sym) = file.symbol_by_index(idx)
+                    && let Ok(name) = sym.name()
+                    && ["memset", "memcpy", "memmove", "memcmp", "bcmp"].contains(&name)
+                {
+                    calls.push(format!("{} -> {name}", section.name().unwrap_or("?")));
+                }
+            }
+        }
+        // Map references are relocations too: none seen would mean the scan itself is broken.
+        assert!(
+            seen > 100,
+            "only {seen} relocations found: is this the programs' object?"
+        );
+        assert!(calls.is_empty(), "calls to memory builtins: {calls:?}");
+    }
+}

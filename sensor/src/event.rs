@@ -425,6 +425,9 @@ pub fn cred_syscall_name(nr: u32) -> String {
         122 => "setfsuid",
         123 => "setfsgid",
         126 => "capset",
+        59 => "execve",
+        322 => "execveat",
+        u32::MAX => "commit_creds",
         _ => return format!("syscall_{nr}"),
     }
     .to_string()

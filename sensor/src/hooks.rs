@@ -12,13 +12,16 @@ use anyhow::Context as _;
 use aya::{
     Btf, Ebpf,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, FEntry, Lsm, RawTracePoint, TracePoint,
+        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, FEntry, FExit, Lsm, RawTracePoint,
+        TracePoint,
     },
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum HookKind {
     Lsm,
+    /// fentry and fexit trampolines.
+    #[value(name = "fentry")]
     FEntry,
     BtfTracepoint,
     RawTracepoint,
@@ -51,6 +54,18 @@ enum Attach {
     RawTracepoint {
         program: &'static str,
         name: &'static str,
+    },
+    BtfTracepoint {
+        program: &'static str,
+        name: &'static str,
+    },
+    /// fentry (`exit: false`) or fexit on a kernel function found in BTF. An `optional`
+    /// function may be missing (static and inlined on some kernels) without failing the job.
+    Trampoline {
+        program: &'static str,
+        function: &'static str,
+        exit: bool,
+        optional: bool,
     },
     /// Programs attached to the root of the cgroup v2 hierarchy (every process below it).
     Cgroup { programs: &'static [&'static str] },
@@ -105,10 +120,21 @@ const JOBS: &[Job] = &[
         candidates: &[
             Candidate {
                 kind: HookKind::BtfTracepoint,
-                label: "tp_btf sched_process_{exec,fork,exit} (not in this build)",
-                attach: &[Attach::ProbeOnly {
-                    program: "probe_tp_btf",
-                }],
+                label: "tp_btf sched_process_{exec,fork,exit}",
+                attach: &[
+                    Attach::BtfTracepoint {
+                        program: "btf_sched_process_exec",
+                        name: "sched_process_exec",
+                    },
+                    Attach::BtfTracepoint {
+                        program: "btf_sched_process_fork",
+                        name: "sched_process_fork",
+                    },
+                    Attach::BtfTracepoint {
+                        program: "btf_sched_process_exit",
+                        name: "sched_process_exit",
+                    },
+                ],
             },
             Candidate {
                 kind: HookKind::RawTracepoint,
@@ -132,22 +158,33 @@ const JOBS: &[Job] = &[
     },
     Job {
         name: "file-open",
-        what: "opens of watched files, path resolved in the kernel",
+        what: "opens of watched files (and failed opens), path resolved in the kernel",
         required: true,
         candidates: &[
             Candidate {
                 kind: HookKind::Lsm,
-                label: "lsm file_open (not in this build)",
+                label: "lsm file_open (not in this build: fexit gives the fd and the outcome)",
                 attach: &[Attach::ProbeOnly {
                     program: "probe_lsm",
                 }],
             },
             Candidate {
                 kind: HookKind::FEntry,
-                label: "fentry security_file_open (not in this build)",
-                attach: &[Attach::ProbeOnly {
-                    program: "probe_fentry",
-                }],
+                label: "fexit do_sys_openat2",
+                attach: &[
+                    Attach::Trampoline {
+                        program: "fexit_open",
+                        function: "do_sys_openat2",
+                        exit: true,
+                        optional: false,
+                    },
+                    Attach::Trampoline {
+                        program: "fexit_open_failed",
+                        function: "do_sys_openat2",
+                        exit: true,
+                        optional: false,
+                    },
+                ],
             },
             Candidate {
                 kind: HookKind::Tracepoint,
@@ -187,60 +224,102 @@ const JOBS: &[Job] = &[
         name: "file-read",
         what: "bytes read through watched fds, and their close",
         required: false,
-        candidates: &[Candidate {
-            kind: HookKind::Tracepoint,
-            label: "tracepoint syscalls:sys_{enter,exit}_{read,readv,pread64,preadv,preadv2,splice,copy_file_range,sendfile64}, sys_enter_close",
-            attach: &[
-                Attach::Tracepoints {
-                    program: "file_read_enter",
-                    category: "syscalls",
-                    names: &[
-                        "sys_enter_read",
-                        "sys_enter_readv",
-                        "sys_enter_pread64",
-                        "sys_enter_preadv",
-                        "sys_enter_preadv2",
-                        "sys_enter_splice",
-                        "sys_enter_copy_file_range",
-                    ],
-                },
-                Attach::Tracepoints {
-                    program: "file_sendfile_enter",
-                    category: "syscalls",
-                    names: &["sys_enter_sendfile64"],
-                },
-                Attach::Tracepoints {
-                    program: "file_read_exit",
-                    category: "syscalls",
-                    names: &[
-                        "sys_exit_read",
-                        "sys_exit_readv",
-                        "sys_exit_pread64",
-                        "sys_exit_preadv",
-                        "sys_exit_preadv2",
-                        "sys_exit_splice",
-                        "sys_exit_copy_file_range",
-                        "sys_exit_sendfile64",
-                    ],
-                },
-                Attach::Tracepoints {
-                    program: "file_close_enter",
-                    category: "syscalls",
-                    names: &["sys_enter_close"],
-                },
-            ],
-        }],
+        candidates: &[
+            Candidate {
+                kind: HookKind::FEntry,
+                label: "fexit vfs_read, vfs_readv, do_splice_direct, do_splice; fentry filp_close",
+                attach: &[
+                    Attach::Trampoline {
+                        program: "fexit_vfs_read",
+                        function: "vfs_read",
+                        exit: true,
+                        optional: false,
+                    },
+                    Attach::Trampoline {
+                        program: "fentry_filp_close",
+                        function: "filp_close",
+                        exit: false,
+                        optional: false,
+                    },
+                    // Static functions: present unless the compiler inlined them.
+                    Attach::Trampoline {
+                        program: "fexit_vfs_readv",
+                        function: "vfs_readv",
+                        exit: true,
+                        optional: true,
+                    },
+                    Attach::Trampoline {
+                        program: "fexit_splice_direct",
+                        function: "do_splice_direct",
+                        exit: true,
+                        optional: true,
+                    },
+                    Attach::Trampoline {
+                        program: "fexit_splice",
+                        function: "do_splice",
+                        exit: true,
+                        optional: true,
+                    },
+                ],
+            },
+            Candidate {
+                kind: HookKind::Tracepoint,
+                label: "tracepoint syscalls:sys_{enter,exit}_{read,readv,pread64,preadv,preadv2,splice,copy_file_range,sendfile64}, sys_enter_close",
+                attach: &[
+                    Attach::Tracepoints {
+                        program: "file_read_enter",
+                        category: "syscalls",
+                        names: &[
+                            "sys_enter_read",
+                            "sys_enter_readv",
+                            "sys_enter_pread64",
+                            "sys_enter_preadv",
+                            "sys_enter_preadv2",
+                            "sys_enter_splice",
+                            "sys_enter_copy_file_range",
+                        ],
+                    },
+                    Attach::Tracepoints {
+                        program: "file_sendfile_enter",
+                        category: "syscalls",
+                        names: &["sys_enter_sendfile64"],
+                    },
+                    Attach::Tracepoints {
+                        program: "file_read_exit",
+                        category: "syscalls",
+                        names: &[
+                            "sys_exit_read",
+                            "sys_exit_readv",
+                            "sys_exit_pread64",
+                            "sys_exit_preadv",
+                            "sys_exit_preadv2",
+                            "sys_exit_splice",
+                            "sys_exit_copy_file_range",
+                            "sys_exit_sendfile64",
+                        ],
+                    },
+                    Attach::Tracepoints {
+                        program: "file_close_enter",
+                        category: "syscalls",
+                        names: &["sys_enter_close"],
+                    },
+                ],
+            },
+        ],
     },
     Job {
         name: "credentials",
-        what: "set*id / setgroups / capset changes with old and new ids",
+        what: "credential changes with old and new ids",
         required: false,
         candidates: &[
             Candidate {
                 kind: HookKind::FEntry,
-                label: "fentry commit_creds (not in this build)",
-                attach: &[Attach::ProbeOnly {
-                    program: "probe_fentry",
+                label: "fentry commit_creds",
+                attach: &[Attach::Trampoline {
+                    program: "fentry_commit_creds",
+                    function: "commit_creds",
+                    exit: false,
+                    optional: false,
                 }],
             },
             Candidate {
@@ -267,23 +346,42 @@ const JOBS: &[Job] = &[
         required: false,
         candidates: &[Candidate {
             kind: HookKind::CgroupSockAddr,
-            label: "cgroup connect4/connect6/sendmsg4/sendmsg6 on the cgroup v2 root, syscalls:sys_exit_connect",
-            attach: &[
-                Attach::Cgroup {
-                    programs: &[
-                        "sock_connect4",
-                        "sock_connect6",
-                        "sock_sendmsg4",
-                        "sock_sendmsg6",
-                    ],
-                },
-                Attach::Tracepoints {
+            label: "cgroup connect4/connect6/sendmsg4/sendmsg6 on the cgroup v2 root",
+            attach: &[Attach::Cgroup {
+                programs: &[
+                    "sock_connect4",
+                    "sock_connect6",
+                    "sock_sendmsg4",
+                    "sock_sendmsg6",
+                ],
+            }],
+        }],
+    },
+    Job {
+        name: "connect-return",
+        what: "connects that fail before sending a SYN",
+        required: false,
+        candidates: &[
+            Candidate {
+                kind: HookKind::FEntry,
+                label: "fexit __sys_connect",
+                attach: &[Attach::Trampoline {
+                    program: "fexit_sys_connect",
+                    function: "__sys_connect",
+                    exit: true,
+                    optional: false,
+                }],
+            },
+            Candidate {
+                kind: HookKind::Tracepoint,
+                label: "tracepoint syscalls:sys_exit_connect",
+                attach: &[Attach::Tracepoints {
                     program: "net_connect_exit",
                     category: "syscalls",
                     names: &["sys_exit_connect"],
-                },
-            ],
-        }],
+                }],
+            },
+        ],
     },
     Job {
         name: "tcp-outcome",
@@ -303,15 +401,27 @@ const JOBS: &[Job] = &[
         name: "accept",
         what: "inbound TCP connections accepted",
         required: false,
-        candidates: &[Candidate {
-            kind: HookKind::Tracepoint,
-            label: "tracepoint syscalls:sys_exit_{accept,accept4}",
-            attach: &[Attach::Tracepoints {
-                program: "net_accept_exit",
-                category: "syscalls",
-                names: &["sys_exit_accept", "sys_exit_accept4"],
-            }],
-        }],
+        candidates: &[
+            Candidate {
+                kind: HookKind::FEntry,
+                label: "fexit __sys_accept4",
+                attach: &[Attach::Trampoline {
+                    program: "fexit_sys_accept4",
+                    function: "__sys_accept4",
+                    exit: true,
+                    optional: false,
+                }],
+            },
+            Candidate {
+                kind: HookKind::Tracepoint,
+                label: "tracepoint syscalls:sys_exit_{accept,accept4}",
+                attach: &[Attach::Tracepoints {
+                    program: "net_accept_exit",
+                    category: "syscalls",
+                    names: &["sys_exit_accept", "sys_exit_accept4"],
+                }],
+            },
+        ],
     },
 ];
 
@@ -346,6 +456,7 @@ pub fn attach_all(
     ebpf: &mut Ebpf,
     btf: &Btf,
     cgroup_root: &Path,
+    disabled: &[HookKind],
 ) -> anyhow::Result<Vec<JobReport>> {
     let mut probes: HashMap<&'static str, Result<(), String>> = HashMap::new();
     let mut reports = Vec::new();
@@ -362,13 +473,15 @@ pub fn attach_all(
                 .attach
                 .iter()
                 .any(|a| matches!(a, Attach::ProbeOnly { .. }));
-            let outcome = if implemented {
+            let outcome = if disabled.contains(&cand.kind) {
+                Err("disabled by --disable-hooks".to_string())
+            } else if implemented {
                 if have_choice {
                     Err("not tried: a better hook was chosen".to_string())
                 } else {
                     cand.attach
                         .iter()
-                        .try_for_each(|a| attach_one(ebpf, cgroup_root, a))
+                        .try_for_each(|a| attach_one(ebpf, btf, cgroup_root, a))
                         .map_err(|e| format!("{e:#}"))
                 }
             } else {
@@ -428,7 +541,12 @@ fn program_mut<'a>(
         .with_context(|| format!("program `{name}` is missing from the eBPF object"))
 }
 
-fn attach_one(ebpf: &mut Ebpf, cgroup_root: &Path, attach: &Attach) -> anyhow::Result<()> {
+fn attach_one(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    cgroup_root: &Path,
+    attach: &Attach,
+) -> anyhow::Result<()> {
     match *attach {
         Attach::Tracepoints {
             program,
@@ -463,6 +581,44 @@ fn attach_one(ebpf: &mut Ebpf, cgroup_root: &Path, attach: &Attach) -> anyhow::R
                 .with_context(|| format!("loading `{program}`"))?;
             prog.attach(name)
                 .with_context(|| format!("attaching raw tracepoint {name}"))?;
+        }
+        Attach::BtfTracepoint { program, name } => {
+            let prog: &mut BtfTracePoint = program_mut(ebpf, program)?.try_into()?;
+            prog.load(name, btf)
+                .with_context(|| format!("loading `{program}` for tp_btf {name}"))?;
+            prog.attach()
+                .with_context(|| format!("attaching tp_btf {name}"))?;
+        }
+        Attach::Trampoline {
+            program,
+            function,
+            exit,
+            optional,
+        } => {
+            let result = (|| -> anyhow::Result<()> {
+                if exit {
+                    let prog: &mut FExit = program_mut(ebpf, program)?.try_into()?;
+                    prog.load(function, btf)?;
+                    prog.attach()?;
+                } else {
+                    let prog: &mut FEntry = program_mut(ebpf, program)?.try_into()?;
+                    prog.load(function, btf)?;
+                    prog.attach()?;
+                }
+                Ok(())
+            })();
+            match result {
+                Ok(()) => {}
+                Err(e) if optional => {
+                    tracing::info!(%function, error = %format!("{e:#}"), "optional hook not attached");
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "{} {function}",
+                        if exit { "fexit" } else { "fentry" }
+                    )));
+                }
+            }
         }
         Attach::Cgroup { programs } => {
             let cgroup = File::open(cgroup_root)
@@ -502,14 +658,6 @@ fn probe(ebpf: &mut Ebpf, btf: &Btf, program: &str) -> Result<(), String> {
                 let prog: &mut Lsm = program_mut(ebpf, program)?.try_into()?;
                 prog.load("file_open", btf)?;
             }
-            "probe_fentry" => {
-                let prog: &mut FEntry = program_mut(ebpf, program)?.try_into()?;
-                prog.load("security_file_open", btf)?;
-            }
-            "probe_tp_btf" => {
-                let prog: &mut BtfTracePoint = program_mut(ebpf, program)?.try_into()?;
-                prog.load("sched_process_exec", btf)?;
-            }
             other => anyhow::bail!("unknown probe program {other}"),
         }
         Ok(())
@@ -534,6 +682,7 @@ pub fn render(reports: &[JobReport]) -> String {
                 (Ok(()), true) if c.chosen => "chosen".to_string(),
                 (Ok(()), true) => "available".to_string(),
                 (Ok(()), false) => "kernel allows it; not implemented in this build".to_string(),
+                (Err(e), _) if e.starts_with("not tried") || e.starts_with("disabled") => e.clone(),
                 (Err(e), _) => format!("unavailable: {e}"),
             };
             let _ = writeln!(

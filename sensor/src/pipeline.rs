@@ -104,6 +104,7 @@ pub struct Pipeline<W: Write> {
     endpoints: Endpoints,
     /// Our own pid: the sensor's reads of credentials (to classify them) are not events.
     own_pid: u32,
+    kernel_reports_exit_closes: bool,
 }
 
 pub struct PipelineParts {
@@ -116,6 +117,9 @@ pub struct PipelineParts {
     pub resolver: Resolver,
     pub classifier: Classifier,
     pub endpoints: Endpoints,
+    /// The chosen file-read hook (fentry `filp_close`) reports fds closed by process exit
+    /// itself; otherwise userspace reports them from the kernel's counters.
+    pub kernel_reports_exit_closes: bool,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -130,6 +134,7 @@ impl<W: Write> Pipeline<W> {
             resolver,
             classifier,
             endpoints,
+            kernel_reports_exit_closes,
         } = parts;
         Self {
             out,
@@ -150,6 +155,7 @@ impl<W: Write> Pipeline<W> {
             classifier,
             endpoints,
             own_pid: std::process::id(),
+            kernel_reports_exit_closes,
         }
     }
 
@@ -492,7 +498,9 @@ impl<W: Write> Pipeline<W> {
         let (shown, requested) = if resolved {
             (path, None)
         } else {
-            (event::normalize_lexically(&path), Some(path))
+            let raw_at = path.len().saturating_sub(ev.requested_len as usize);
+            let requested = path[raw_at..].to_vec();
+            (event::normalize_lexically(&path), Some(requested))
         };
         let (text, b64) = event::text_and_b64(&shown);
         let mut out = self.new_event("file.open", ev.header.boot_ns);
@@ -596,6 +604,10 @@ impl<W: Write> Pipeline<W> {
         boot_ns: u64,
         process: &event::Process,
     ) -> std::io::Result<()> {
+        if self.kernel_reports_exit_closes {
+            // Their close events follow the exit event (the kernel closes fds after it).
+            return Ok(());
+        }
         let Some(fds) = self.open_fds.remove(&tgid) else {
             return Ok(());
         };

@@ -1067,7 +1067,19 @@ mod tests {
                 other => break Reaped(other.unwrap()),
             }
         };
-        let snap = read_process(child.0.id());
+        // `spawn` returns once the child exists, possibly before its exec is done (cmdline
+        // empty, comm still ours): poll until the new image shows, bounded.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let snap = loop {
+            let snap = read_process(child.0.id());
+            let execed = snap
+                .as_ref()
+                .is_ok_and(|s| s.comm == name && !s.argv.is_empty());
+            if execed || std::time::Instant::now() > deadline {
+                break snap;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
         let _ = fs::remove_dir_all(&dir);
         let snap = snap.unwrap();
         assert_eq!(snap.pid, child.0.id());

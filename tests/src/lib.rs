@@ -26,6 +26,18 @@ use serde_json::Value;
 pub const WAIT: Duration = Duration::from_secs(10);
 /// How long [`Sensor::start`] waits for the `sensor ready` log line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Stretches a timeout by `$NHI_TIME_SCALE` (default 1): the kernel matrix runs these tests
+/// under software CPU emulation, several times slower than the host. Only waits are stretched;
+/// no assertion depends on timing.
+pub fn scaled(d: Duration) -> Duration {
+    let scale = std::env::var("NHI_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<u32>().ok())
+        .filter(|s| *s >= 1)
+        .unwrap_or(1);
+    d * scale
+}
 /// How long [`Sensor::stop`] waits for the sensor to exit after SIGTERM.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// The stderr line that tells the sensor is attached and has scanned /proc.
@@ -385,7 +397,7 @@ impl Sensor {
     }
 
     fn wait_ready<S: AsRef<OsStr>>(&self, args: &[S]) {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Instant::now() + scaled(READY_TIMEOUT);
         let shown: Vec<String> = args
             .iter()
             .map(|a| a.as_ref().to_string_lossy().into_owned())
@@ -490,7 +502,7 @@ impl Sensor {
         n: usize,
         pred: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now() + scaled(timeout);
         let mut found = Vec::new();
         let mut scanned = 0usize;
         let mut g = lock(&self.shared.st);
@@ -567,7 +579,7 @@ impl Sensor {
             _ => {
                 // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
                 unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
-                let deadline = Instant::now() + STOP_TIMEOUT;
+                let deadline = Instant::now() + scaled(STOP_TIMEOUT);
                 loop {
                     match child.try_wait() {
                         Ok(Some(st)) => break st,
@@ -814,7 +826,7 @@ impl Actor {
 
     /// The next step line, waiting up to `timeout`; panics on timeout or end of output.
     pub fn next_step_timeout(&mut self, timeout: Duration) -> Value {
-        match self.lines.recv_timeout(timeout) {
+        match self.lines.recv_timeout(scaled(timeout)) {
             Ok(l) => {
                 let v: Value = serde_json::from_str(&l)
                     .unwrap_or_else(|e| panic!("nhi-actor printed non-JSON {l:?}: {e}"));
@@ -944,6 +956,7 @@ pub struct RunOutput {
 
 /// Runs `cmd` (stdin null, outputs captured) and waits up to `timeout`, then kills it and panics.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> RunOutput {
+    let timeout = scaled(timeout);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

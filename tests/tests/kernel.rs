@@ -963,3 +963,87 @@ fn helpers_work() {
     assert!(get(&v, "a.nope.c").is_null());
     assert!(is_kind(&serde_json::json!({"kind": "x"}), "x"));
 }
+
+#[test]
+fn failed_open_of_watched_file_is_reported() {
+    let Some(_g) = setup("failed_open_of_watched_file_is_reported") else {
+        return;
+    };
+    let d = TempDir::new("denied");
+    d.mkdir("vault");
+    let secret = d.write("vault/token", b"s3cr3t-token-value");
+    // Root-only: the unprivileged actor is refused.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let secret_path = canon(&secret);
+    let missing_path = format!("{}/vault/absent", path_str(d.path()));
+
+    let sensor = Sensor::watching(&[d.path()], &[]);
+    let mut a = spawn_actor(&[
+        "--setgroups-clear",
+        "--setgid",
+        "65534",
+        "--setuid",
+        "65534",
+        "--chdir",
+        path_str(d.path()),
+        "--open",
+        "vault/../vault/token",
+        "--open",
+        missing_path.as_str(),
+        "--exit",
+        "0",
+    ]);
+    let pid = a.pid();
+    a.expect_step("start");
+    for step in ["setgroups-clear", "setgid", "setuid", "chdir"] {
+        a.expect_ok(step);
+    }
+    let denied = a.next_step();
+    assert_eq!(
+        get_u64(&denied, "errno"),
+        Some(libc::EACCES as u64),
+        "{denied}"
+    );
+    let absent = a.next_step();
+    assert_eq!(
+        get_u64(&absent, "errno"),
+        Some(libc::ENOENT as u64),
+        "{absent}"
+    );
+    a.expect_step("exit");
+    a.wait();
+
+    let ev = sensor.wait_for("file.open (EACCES) of the root-only token", WAIT, |e| {
+        is_kind_pid(e, "file.open", pid) && get_u64(e, "file.error.errno") == Some(13)
+    });
+    assert_process_basics(&ev, pid);
+    assert_eq!(get_u64(&ev, "process.uid"), Some(NOBODY), "{ev}");
+    assert_eq!(get_str(&ev, "file.error.name"), Some("EACCES"), "{ev}");
+    assert!(
+        get(&ev, "file.fd").is_null(),
+        "a failed open has no fd: {ev}"
+    );
+    assert_eq!(get_bool(&ev, "file.path_resolved"), Some(false), "{ev}");
+    assert_eq!(
+        get_str(&ev, "file.path"),
+        Some(secret_path.as_str()),
+        "relative path joined to the cwd (resolved in the kernel) and normalized: {ev}"
+    );
+    assert_eq!(
+        get_str(&ev, "file.path_requested"),
+        Some("vault/../vault/token"),
+        "{ev}"
+    );
+    assert!(has_str(&ev, "file.matched", "prefix"), "{ev}");
+
+    let ev = sensor.wait_for("file.open (ENOENT) of an absent watched path", WAIT, |e| {
+        is_kind_pid(e, "file.open", pid) && get_u64(e, "file.error.errno") == Some(2)
+    });
+    assert_eq!(
+        get_str(&ev, "file.path"),
+        Some(missing_path.as_str()),
+        "{ev}"
+    );
+    assert_eq!(get_str(&ev, "file.error.name"), Some("ENOENT"), "{ev}");
+    finish(sensor);
+}

@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask <command>`. Every command that needs the eBPF toolchain runs
 //! `setup` first, so the README's two commands work on a fresh machine.
 
+mod kernels;
 mod setup;
 
 use std::{
@@ -39,6 +40,14 @@ enum Cmd {
     },
     /// Formatting and clippy only.
     Lint,
+    /// The integration suite on the host kernel and, under QEMU, on every kernel of the matrix
+    /// (each with the preferred hooks and with the fallbacks). One line per kernel; exits 0 only
+    /// if every kernel passed.
+    TestKernels {
+        /// Only run the integration tests whose name contains this string.
+        #[arg(long)]
+        filter: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -68,7 +77,12 @@ fn main() -> anyhow::Result<()> {
             lint()?;
             unit_tests()?;
             build_release()?;
-            integration_tests(filter.as_deref())
+            matrix(&root, filter.as_deref())
+        }
+        Cmd::TestKernels { filter } => {
+            setup::setup()?;
+            build_release()?;
+            matrix(&root, filter.as_deref())
         }
         Cmd::Lint => {
             setup::setup()?;
@@ -136,8 +150,35 @@ fn unit_tests() -> anyhow::Result<()> {
     ]))
 }
 
+/// The host kernel's integration run, then the QEMU matrix; prints one line per kernel.
+fn matrix(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
+    let host = integration_tests(filter)?;
+    let vms = kernels::test_kernels(root, filter)?;
+    println!("\nkernel matrix:");
+    let mut all_ok = host.ok;
+    println!(
+        "  {:<28} {:<16} {} passed, {} failed",
+        host.kernel, host.variant, host.passed, host.failed
+    );
+    for r in &vms {
+        all_ok &= r.ok;
+        println!(
+            "  {:<28} {:<16} {} passed, {} failed{}",
+            r.kernel,
+            r.variant,
+            r.passed,
+            r.failed,
+            if r.ok { "" } else { "  <- FAILED" }
+        );
+    }
+    if !all_ok {
+        bail!("the integration suite failed on at least one kernel");
+    }
+    Ok(())
+}
+
 /// The kernel tests share kernel state (attached programs, cgroup hooks): one at a time.
-fn integration_tests(filter: Option<&str>) -> anyhow::Result<()> {
+fn integration_tests(filter: Option<&str>) -> anyhow::Result<kernels::KernelResult> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the integration tests load eBPF programs: run `cargo xtask test` as root");
@@ -148,7 +189,38 @@ fn integration_tests(filter: Option<&str>) -> anyhow::Result<()> {
     if let Some(f) = filter {
         cmd.arg(f);
     }
-    run(&mut cmd)
+    let (status, passed, failed) = run_counting(&mut cmd)?;
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    Ok(kernels::KernelResult {
+        kernel: format!("{kernel} (host)"),
+        variant: "preferred hooks",
+        passed,
+        failed,
+        ok: status && failed == 0 && passed > 0,
+    })
+}
+
+/// Runs a libtest command, passing its output through, and returns (success, passed, failed)
+/// from its summary line.
+fn run_counting(cmd: &mut Command) -> anyhow::Result<(bool, u32, u32)> {
+    use std::io::BufRead as _;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let (mut passed, mut failed) = (0, 0);
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = kernels::parse_summary(&line) {
+            (passed, failed) = (p, f);
+        }
+    }
+    Ok((child.wait()?.success(), passed, failed))
 }
 
 pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<()> {

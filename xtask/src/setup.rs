@@ -62,14 +62,19 @@ fn ensure_rust_src() -> anyhow::Result<()> {
 /// Debian packages: LLVM for bpf-linker, and the tools the test suite uses (`bpftool` to
 /// cross-check struct offsets, `iproute2` for network namespaces).
 fn ensure_apt_packages() -> anyhow::Result<()> {
-    let wanted = [
+    ensure_debian_packages(&[
         format!("llvm-{LLVM_MAJOR}-dev"),
         format!("libpolly-{LLVM_MAJOR}-dev"),
         "zlib1g-dev".to_string(),
         "libzstd-dev".to_string(),
         "bpftool".to_string(),
         "iproute2".to_string(),
-    ];
+    ])
+}
+
+/// Installs the Debian packages of `wanted` that are not installed yet (nothing, silently, when
+/// all are).
+pub fn ensure_debian_packages(wanted: &[String]) -> anyhow::Result<()> {
     let missing: Vec<&String> = wanted
         .iter()
         .filter(|p| {
