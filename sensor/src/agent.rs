@@ -24,8 +24,13 @@ use tokio::{
 use crate::{
     btf_offsets,
     cli::{CheckArgs, KernelArgs, RunArgs},
+    config::ConfigFile,
+    credentials::{catalogue, classify::Classifier},
     decode::{self, DecodeError, KernelEvent},
-    ebpf, hooks,
+    ebpf,
+    endpoints::{self, Endpoints},
+    fingerprint::FingerprintKey,
+    hooks, identity,
     pipeline::{Pipeline, PipelineParts},
     process_table::ProcessTable,
     procfs,
@@ -157,13 +162,44 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         watch,
         watch_name,
         no_default_rules,
+        config,
+        kubelet_root,
+        trust_domain,
+        host_identity,
+        fingerprint_key_file,
+        mut kube_apiserver,
+        mut vault_addr,
         kernel,
         stats_interval,
         connect_wait_ms,
     } = args;
-    let rules = RuleSet::from_args(&watch, &watch_name, !no_default_rules)?;
+    let config = match &config {
+        Some(path) => ConfigFile::load(path)?,
+        None => ConfigFile::default(),
+    };
+    let ConfigFile {
+        kube_apiserver: cfg_kube,
+        vault: cfg_vault,
+        credential: cfg_patterns,
+    } = config;
+    let mut patterns = if no_default_rules {
+        Vec::new()
+    } else {
+        let mut p = catalogue::builtin();
+        p.extend(catalogue::kubelet_root_patterns(&kubelet_root));
+        p
+    };
+    patterns.extend(cfg_patterns);
+    tracing::info!(patterns = patterns.len(), "credential catalogue");
+    let rules = RuleSet::from_args(&watch, &watch_name, patterns)?;
+    kube_apiserver.extend(cfg_kube);
+    kube_apiserver.extend(endpoints::kube_apiserver_from_node());
+    vault_addr.extend(cfg_vault);
+    let endpoints = Endpoints::new(&kube_apiserver, &vault_addr)?;
     let boot_id = procfs::boot_id()?;
     let mut attached = attach(&kernel, &rules)?;
+    // After attach: its privilege check explains a missing root better than the key file would.
+    let key = Arc::new(FingerprintKey::load_or_create(&fingerprint_key_file)?);
 
     // Processes that started before us: known before the first event is processed.
     let mut table = ProcessTable::new(boot_id);
@@ -191,6 +227,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             watched_fds,
             counters_map,
             connect_wait: Duration::from_millis(connect_wait_ms),
+            resolver: identity::Resolver::new(kubelet_root, trust_domain, procfs::cgroup2_root()?)
+                .with_host_naming(host_identity),
+            classifier: Classifier::new(key),
+            endpoints,
             kernel_reports_exit_closes: attached.reports.iter().any(|j| {
                 j.name == "file-read"
                     && j.chosen()

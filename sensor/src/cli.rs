@@ -34,7 +34,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the programs, attach them and print events until SIGINT/SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print which hooks this kernel offers for each job and which ones the sensor chooses.
     Check(CheckArgs),
 }
@@ -61,9 +61,44 @@ pub struct RunArgs {
     #[arg(long = "watch-name", value_name = "PATTERN")]
     pub watch_name: Vec<String>,
 
-    /// Do not load the built-in credential watch rules (only `--watch`/`--watch-name` apply).
+    /// Do not load the built-in credential catalogue (only `--watch`/`--watch-name` and the
+    /// config file's `[[credential]]` patterns apply).
     #[arg(long)]
     pub no_default_rules: bool,
+
+    /// Config file (TOML): extra credential patterns and credential-endpoint addresses. The
+    /// schema is documented in the README ("Config file").
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The kubelet's root directory, where pod service-account tokens are found
+    /// (`<dir>/pods/<uid>/volumes/kubernetes.io~projected/*/token`). The kubelet's own default.
+    #[arg(long, value_name = "DIR", default_value = crate::identity::DEFAULT_KUBELET_ROOT)]
+    pub kubelet_root: PathBuf,
+
+    /// SPIFFE trust domain of the identities the sensor names. Kubernetes' default cluster
+    /// domain, which is also what SPIRE deployments on a cluster usually use.
+    #[arg(long, value_name = "TD", default_value = crate::identity::DEFAULT_TRUST_DOMAIN)]
+    pub trust_domain: String,
+
+    /// How host processes are named: `unit` (systemd services by unit, others by user) or
+    /// `user` (all by user). `unit` because a service is usually the unit of deployment.
+    #[arg(long, value_enum, default_value_t = crate::identity::HostNaming::Unit)]
+    pub host_identity: crate::identity::HostNaming,
+
+    /// Key for the HMAC-SHA256 fingerprints of secrets; created (0600, 32 random bytes) if
+    /// absent. Share one key file across the hosts of a deployment so fingerprints match.
+    #[arg(long, value_name = "FILE", default_value = crate::fingerprint::DEFAULT_KEY_FILE)]
+    pub fingerprint_key_file: PathBuf,
+
+    /// Kubernetes API server address (`IP:PORT`, repeatable) classified on network events, in
+    /// addition to the config file's and the node kubelet kubeconfig's.
+    #[arg(long = "kube-apiserver", value_name = "IP:PORT")]
+    pub kube_apiserver: Vec<String>,
+
+    /// Vault server address (`IP:PORT` or `IP`, repeatable) classified on network events.
+    #[arg(long = "vault-addr", value_name = "IP:PORT")]
+    pub vault_addr: Vec<String>,
 
     #[command(flatten)]
     pub kernel: KernelArgs,

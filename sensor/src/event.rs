@@ -28,6 +28,15 @@ pub struct Event {
     pub network: Option<Network>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Stats>,
+    /// The workload of `process` (present whenever `process` is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<crate::workload::Workload>,
+    /// The non-human identity `process` acts as (present whenever `process` is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::identity::Identity>,
+    /// On `file.open` of a catalogued credential: what it is, without its secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<crate::credentials::classify::Credential>,
 }
 
 impl Event {
@@ -44,6 +53,9 @@ impl Event {
             file: None,
             network: None,
             stats: None,
+            workload: None,
+            identity: None,
+            credential: None,
         }
     }
 }
@@ -74,6 +86,58 @@ pub struct Process {
     pub cgroup: Option<String>,
     pub ns: Namespaces,
     pub ancestry: Vec<Ancestor>,
+}
+
+#[cfg(test)]
+impl Process {
+    pub fn for_tests(
+        cgroup: &str,
+        cgroup_id: u64,
+        uid: u32,
+        user: Option<&str>,
+        exe: Option<&str>,
+    ) -> Self {
+        Self {
+            key: String::new(),
+            pid: 1,
+            tid: 1,
+            ppid: 0,
+            parent_key: String::new(),
+            start_ns: 0,
+            comm: String::new(),
+            exe: exe.map(str::to_string),
+            exe_b64: None,
+            argv: None,
+            ids: Ids {
+                uid,
+                gid: uid,
+                euid: uid,
+                egid: uid,
+                suid: uid,
+                sgid: uid,
+                fsuid: uid,
+                fsgid: uid,
+            },
+            user: user.map(str::to_string),
+            cap_effective: String::new(),
+            cap_permitted: String::new(),
+            loginuid: None,
+            sessionid: None,
+            tty: None,
+            cgroup_id,
+            cgroup: Some(cgroup.to_string()),
+            ns: Namespaces {
+                pid: 0,
+                mnt: 0,
+                net: 0,
+                user: 0,
+                uts: 0,
+                ipc: 0,
+                cgroup: 0,
+            },
+            ancestry: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -112,6 +176,11 @@ pub struct Exec {
     pub argv: Vec<String>,
     pub argv_truncated: bool,
     pub old_pid: u32,
+    /// Credential variables in the new environment: names, keyed fingerprints of the values,
+    /// and the value only for paths, addresses and public identifiers.
+    pub credential_env: Vec<crate::env_vars::CredentialVar>,
+    /// The kernel captured only the first part of the environment (`ENV_MAX` bytes).
+    pub env_truncated: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -209,6 +278,10 @@ pub struct Network {
     pub cookie: u64,
     pub result: &'static str,
     pub error: Option<Errno>,
+    /// The destination is a credential service (metadata, container credentials, API server,
+    /// Vault).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<crate::endpoints::CredentialEndpoint>,
 }
 
 #[derive(Debug, Serialize)]

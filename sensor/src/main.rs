@@ -4,14 +4,22 @@
 mod agent;
 mod btf_offsets;
 mod cli;
+mod config;
+mod credentials;
 mod decode;
 mod ebpf;
+mod endpoints;
+mod env_vars;
 mod event;
+mod fingerprint;
 mod hooks;
+mod identity;
 mod pipeline;
 mod process_table;
 mod procfs;
 mod rules;
+mod secret;
+mod workload;
 
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
@@ -45,7 +53,7 @@ fn main() -> std::process::ExitCode {
             .thread_name("nhi-sensor")
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(agent::run(args))),
+            .and_then(|rt| rt.block_on(agent::run(*args))),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

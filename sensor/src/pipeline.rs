@@ -14,8 +14,12 @@ use sensor_common::{
 };
 
 use crate::{
+    credentials::classify::Classifier,
     decode::KernelEvent,
+    endpoints::Endpoints,
+    env_vars,
     event::{self, Endpoint, Errno, Event, Ids, Network},
+    identity::Resolver,
     process_table::ProcessTable,
     procfs::{self, CgroupPaths, Users},
     rules::RuleSet,
@@ -95,6 +99,11 @@ pub struct Pipeline<W: Write> {
     counters: LocalCounters,
     connect_wait: Duration,
     last_kernel_drops: u64,
+    resolver: Resolver,
+    classifier: Classifier,
+    endpoints: Endpoints,
+    /// Our own pid: the sensor's reads of credentials (to classify them) are not events.
+    own_pid: u32,
     kernel_reports_exit_closes: bool,
 }
 
@@ -105,6 +114,9 @@ pub struct PipelineParts {
     pub watched_fds: BpfHashMap<MapData, FdKey, FdState>,
     pub counters_map: PerCpuArray<MapData, u64>,
     pub connect_wait: Duration,
+    pub resolver: Resolver,
+    pub classifier: Classifier,
+    pub endpoints: Endpoints,
     /// The chosen file-read hook (fentry `filp_close`) reports fds closed by process exit
     /// itself; otherwise userspace reports them from the kernel's counters.
     pub kernel_reports_exit_closes: bool,
@@ -119,6 +131,9 @@ impl<W: Write> Pipeline<W> {
             watched_fds,
             counters_map,
             connect_wait,
+            resolver,
+            classifier,
+            endpoints,
             kernel_reports_exit_closes,
         } = parts;
         Self {
@@ -136,11 +151,23 @@ impl<W: Write> Pipeline<W> {
             counters: LocalCounters::default(),
             connect_wait,
             last_kernel_drops: 0,
+            resolver,
+            classifier,
+            endpoints,
+            own_pid: std::process::id(),
             kernel_reports_exit_closes,
         }
     }
 
-    fn emit(&mut self, ev: &Event) -> std::io::Result<()> {
+    /// Prints one event, adding `workload` and `identity` to every event with a process.
+    fn emit(&mut self, ev: &mut Event) -> std::io::Result<()> {
+        if let Some(p) = &ev.process
+            && ev.identity.is_none()
+        {
+            let (w, id) = self.resolver.resolve(p);
+            ev.workload = Some(w);
+            ev.identity = Some(id);
+        }
         serde_json::to_writer(&mut self.out, ev)?;
         self.out.write_all(b"\n")
     }
@@ -182,6 +209,8 @@ impl<W: Write> Pipeline<W> {
             }
             None => (None, None),
         };
+        // A way into this mount namespace while a member is surely alive (credential reads).
+        self.classifier.roots.note(t.tgid, t.ns.mnt);
         let c = &t.creds;
         let tty = event::c_str(&t.tty);
         event::Process {
@@ -236,7 +265,7 @@ impl<W: Write> Pipeline<W> {
                 exe,
                 filename,
                 args,
-                env: _,
+                env,
             } => {
                 let start = procfs::start_ticks_from_ns(ev.task.start_ns);
                 let argv = event::split_args(&args);
@@ -252,8 +281,10 @@ impl<W: Write> Pipeline<W> {
                         .collect(),
                     argv_truncated: ev.flags & sensor_common::ARGS_TRUNCATED != 0,
                     old_pid: ev.old_pid,
+                    credential_env: env_vars::from_environment(&env.0, self.classifier.key()),
+                    env_truncated: ev.flags & sensor_common::ENV_TRUNCATED != 0,
                 });
-                self.emit(&out)?;
+                self.emit(&mut out)?;
             }
             KernelEvent::Fork(ev) => {
                 let parent = (ev.task.tgid, procfs::start_ticks_from_ns(ev.task.start_ns));
@@ -265,7 +296,7 @@ impl<W: Write> Pipeline<W> {
                     child_pid: ev.child_tgid,
                     child_key: self.table.key(ev.child_tgid, child_start),
                 });
-                self.emit(&out)?;
+                self.emit(&mut out)?;
             }
             KernelEvent::Exit(ev) => {
                 let process = self.process(&ev.task);
@@ -277,7 +308,7 @@ impl<W: Write> Pipeline<W> {
                     code: (ev.exit_code >> 8) & 0xff,
                     signal: ev.exit_code & 0x7f,
                 });
-                self.emit(&out)?;
+                self.emit(&mut out)?;
                 self.table
                     .on_exit(ev.task.tgid, procfs::start_ticks_from_ns(ev.task.start_ns));
             }
@@ -295,9 +326,12 @@ impl<W: Write> Pipeline<W> {
                         cap_effective: event::caps_hex(ev.task.creds.cap_effective),
                     },
                 });
-                self.emit(&out)?;
+                self.emit(&mut out)?;
             }
             KernelEvent::FileOpen { ev, path } => self.file_open(ev, path)?,
+            KernelEvent::FileClose(ev) if ev.task.tgid == self.own_pid => {
+                self.counters.filtered += 1;
+            }
             KernelEvent::FileClose(ev) => {
                 let path = self
                     .open_fds
@@ -319,7 +353,7 @@ impl<W: Write> Pipeline<W> {
                         "close"
                     },
                 ));
-                self.emit(&out)?;
+                self.emit(&mut out)?;
             }
             KernelEvent::Connect(ev) => {
                 let (ip, v4_mapped) = event::ip_of(ev.dst.family, &ev.dst.addr);
@@ -339,6 +373,7 @@ impl<W: Write> Pipeline<W> {
                     cookie: ev.cookie,
                     result: if tcp { "pending" } else { "connected" },
                     error: None,
+                    endpoint: self.endpoints.classify(ip, ev.dst.port),
                 });
                 if tcp {
                     self.pending.insert(
@@ -349,7 +384,7 @@ impl<W: Write> Pipeline<W> {
                         },
                     );
                 } else {
-                    self.emit(&out)?;
+                    self.emit(&mut out)?;
                 }
             }
             KernelEvent::UdpSend(ev) => {
@@ -369,8 +404,9 @@ impl<W: Write> Pipeline<W> {
                     cookie: ev.cookie,
                     result: "sent",
                     error: None,
+                    endpoint: self.endpoints.classify(ip, ev.dst.port),
                 });
-                self.emit(&out)?;
+                self.emit(&mut out)?;
             }
             KernelEvent::ConnectResult(r) => self.connect_result(r)?,
             KernelEvent::Accept(ev) => {
@@ -398,8 +434,9 @@ impl<W: Write> Pipeline<W> {
                     cookie: 0,
                     result: "accepted",
                     error: None,
+                    endpoint: None,
                 });
-                self.emit(&out)?;
+                self.emit(&mut out)?;
             }
         }
         Ok(())
@@ -411,14 +448,26 @@ impl<W: Write> Pipeline<W> {
         path: Vec<u8>,
     ) -> std::io::Result<()> {
         let truncated = ev.path.flags & PATH_TRUNCATED != 0;
+        let tgid = ev.task.tgid;
+        if tgid == self.own_pid {
+            // The sensor reading a credential to classify it.
+            self.counters.filtered += 1;
+            if ev.ret >= 0 {
+                let _ = self.watched_fds.remove(&FdKey {
+                    tgid,
+                    fd: ev.ret as u32,
+                });
+            }
+            return Ok(());
+        }
         let mut matched = if ev.path.flags & PATH_UNRESOLVED == 0 {
-            self.rules.matches(&path, truncated)
+            self.rules.matches(&path, truncated, tgid)
         } else {
             // The kernel matched the path as written; either form matching a rule counts.
-            let mut m = self.rules.matches(&path, truncated);
+            let mut m = self.rules.matches(&path, truncated, tgid);
             m.extend(
                 self.rules
-                    .matches(&event::normalize_lexically(&path), truncated),
+                    .matches(&event::normalize_lexically(&path), truncated, tgid),
             );
             m.sort_unstable();
             m.dedup();
@@ -460,6 +509,22 @@ impl<W: Write> Pipeline<W> {
         let (text, b64) = event::text_and_b64(&shown);
         let mut out = self.new_event("file.open", ev.header.boot_ns);
         out.process = Some(self.process(&ev.task));
+        let pattern = self
+            .rules
+            .credential(&shown, truncated, tgid)
+            .or_else(|| {
+                requested
+                    .as_deref()
+                    .and_then(|r| self.rules.credential(r, truncated, tgid))
+            })
+            .cloned();
+        out.credential = pattern.map(|p| {
+            if ev.ret < 0 {
+                Classifier::failed_open(&p, (-ev.ret) as u32)
+            } else {
+                self.classifier.classify(&p, &shown, tgid, ev.task.ns.mnt)
+            }
+        });
         out.file = Some(event::File {
             path: Some(text),
             path_b64: b64,
@@ -482,7 +547,7 @@ impl<W: Write> Pipeline<W> {
             matched: Some(matched),
             ..Default::default()
         });
-        self.emit(&out)
+        self.emit(&mut out)
     }
 
     fn connect_result(&mut self, r: sensor_common::NetResultEvent) -> std::io::Result<()> {
@@ -508,7 +573,7 @@ impl<W: Write> Pipeline<W> {
                     net.src = src;
                 }
             }
-            return self.emit(&p.event);
+            return self.emit(&mut p.event);
         }
         // The outcome of a connect reported earlier as pending, or never seen.
         let late = self.late.remove(&r.cookie);
@@ -531,8 +596,9 @@ impl<W: Write> Pipeline<W> {
             cookie: r.cookie,
             result,
             error,
+            endpoint: self.endpoints.classify(dst_ip, r.dst.port),
         });
-        self.emit(&out)
+        self.emit(&mut out)
     }
 
     /// Reports the bytes read through watched fds still open when their process exited.
@@ -566,7 +632,7 @@ impl<W: Write> Pipeline<W> {
                 state.reads,
                 "exit",
             ));
-            self.emit(&out)?;
+            self.emit(&mut out)?;
         }
         Ok(())
     }
@@ -582,11 +648,11 @@ impl<W: Write> Pipeline<W> {
             .map(|(c, _)| *c)
             .collect();
         for cookie in overdue {
-            if let Some(p) = self.pending.remove(&cookie) {
+            if let Some(mut p) = self.pending.remove(&cookie) {
                 if let Some(proc_) = p.event.process.clone() {
                     self.late.insert(cookie, (proc_, now));
                 }
-                self.emit(&p.event)?;
+                self.emit(&mut p.event)?;
             }
         }
         self.late
@@ -595,6 +661,8 @@ impl<W: Write> Pipeline<W> {
             self.read_progress()?;
             self.table.reap();
             self.clock.refresh();
+            self.resolver.prune();
+            self.classifier.roots.prune();
         }
         Ok(())
     }
@@ -631,7 +699,7 @@ impl<W: Write> Pipeline<W> {
                 state.reads,
                 "progress",
             ));
-            self.emit(&out)?;
+            self.emit(&mut out)?;
         }
         Ok(())
     }
@@ -647,6 +715,10 @@ impl<W: Write> Pipeline<W> {
             ..TaskInfo::default()
         };
         let mut p = self.process(&task);
+        if let Some((id, path)) = self.resolver.cgroup_of_pid(tgid) {
+            p.cgroup_id = id;
+            p.cgroup = Some(path);
+        }
         p.ids = Ids {
             uid: snap.uid[0],
             euid: snap.uid[1],
@@ -663,8 +735,8 @@ impl<W: Write> Pipeline<W> {
     /// Flushes connects still waiting for an outcome (at shutdown).
     pub fn flush_pending(&mut self) -> std::io::Result<()> {
         let pending: Vec<PendingConnect> = self.pending.drain().map(|(_, p)| p).collect();
-        for p in pending {
-            self.emit(&p.event)?;
+        for mut p in pending {
+            self.emit(&mut p.event)?;
         }
         Ok(())
     }
@@ -704,7 +776,7 @@ impl<W: Write> Pipeline<W> {
             processes_tracked: self.table.len(),
             is_final,
         });
-        self.emit(&out)?;
+        self.emit(&mut out)?;
         self.flush()
     }
 }

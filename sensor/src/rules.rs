@@ -11,6 +11,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::credentials::catalogue::Pattern;
 use anyhow::{Context as _, bail};
 use aya::{
     Ebpf,
@@ -105,44 +106,20 @@ impl WatchRule {
 
 use std::os::unix::ffi::OsStringExt as _;
 
-/// Built-in rules: the credential files every node has. A first cut of the catalogue (the
-/// identity issue grows it); each entry names what it catches.
-const DEFAULT_PREFIXES: &[&str] = &[
-    "/var/run/secrets/", // Kubernetes SA tokens (in-pod), EKS/Azure federated tokens
-    "/run/secrets/",     // the same through /run
-    "/var/lib/kubelet/pods/", // projected tokens on the node
-    "/etc/kubernetes/",  // node PKI keys and kubeconfigs
-    "/etc/ssh/ssh_host_", // host keys
-    "/vault/secrets/",   // Vault injector output
-];
-const DEFAULT_NAMES: &[&str] = &[
-    "credentials", // ~/.aws/credentials
-    "application_default_credentials.json",
-    "msal_token_cache.json",
-    ".git-credentials",
-    ".netrc",
-    ".npmrc",
-    ".pypirc",
-    ".pgpass",
-    ".vault-token",
-    ".dockercfg",
-    "svid_key.pem",
-    "id_rsa",
-    "id_ecdsa",
-    "id_ed25519",
-    "id_dsa",
-];
-
+/// What is watched: the operator's `--watch`/`--watch-name` rules, reported as they match, and
+/// the credential catalogue, whose patterns are matched exactly (see [`Pattern`]).
 #[derive(Clone, Debug, Default)]
 pub struct RuleSet {
     pub rules: Vec<WatchRule>,
+    pub patterns: Vec<Pattern>,
 }
 
 impl RuleSet {
+    /// `patterns` is the catalogue (built-in unless `--no-default-rules`, plus the config file's).
     pub fn from_args(
         prefixes: &[PathBuf],
         names: &[String],
-        defaults: bool,
+        patterns: Vec<Pattern>,
     ) -> anyhow::Result<Self> {
         let mut rules = Vec::new();
         for p in prefixes {
@@ -151,25 +128,35 @@ impl RuleSet {
         for n in names {
             rules.push(WatchRule::parse_name(n)?);
         }
-        if defaults {
-            rules.extend(
-                DEFAULT_PREFIXES
-                    .iter()
-                    .map(|p| WatchRule::Prefix(p.as_bytes().to_vec())),
-            );
-            rules.extend(
-                DEFAULT_NAMES
-                    .iter()
-                    .map(|n| WatchRule::Name(n.as_bytes().to_vec())),
-            );
-        }
         rules.dedup();
-        Ok(Self { rules })
+        Ok(Self { rules, patterns })
     }
 
-    /// The rule kinds that match `path` exactly. A truncated path (its head is missing) can
-    /// only be judged by name rules.
-    pub fn matches(&self, path: &[u8], truncated: bool) -> Vec<&'static str> {
+    /// The rules loaded into the kernel: the operator's and one per catalogue pattern.
+    fn kernel_rules(&self) -> Vec<WatchRule> {
+        let mut all = self.rules.clone();
+        for p in &self.patterns {
+            let r = p.kernel_rule();
+            if !all.contains(&r) {
+                all.push(r);
+            }
+        }
+        all
+    }
+
+    /// The first catalogue pattern `path` (opened by `reader_pid`) matches exactly. A truncated
+    /// path can only be judged by patterns that look at its tail.
+    pub fn credential(&self, path: &[u8], truncated: bool, reader_pid: u32) -> Option<&Pattern> {
+        self.patterns
+            .iter()
+            .filter(|p| !(truncated && p.path_prefix.is_some()))
+            .find(|p| p.matches(path, reader_pid))
+    }
+
+    /// The rule kinds that match `path` exactly: operator rules, and the kernel rule kind of a
+    /// matching catalogue pattern. A truncated path (its head is missing) can only be judged by
+    /// name rules.
+    pub fn matches(&self, path: &[u8], truncated: bool, reader_pid: u32) -> Vec<&'static str> {
         let name = path.rsplit(|b| *b == b'/').next().unwrap_or(path);
         let mut kinds: Vec<&'static str> = self
             .rules
@@ -178,6 +165,9 @@ impl RuleSet {
             .filter(|r| r.matches(path, name))
             .map(WatchRule::kind)
             .collect();
+        if let Some(p) = self.credential(path, truncated, reader_pid) {
+            kinds.push(p.kernel_rule().kind());
+        }
         kinds.sort_unstable();
         kinds.dedup();
         kinds
@@ -186,12 +176,13 @@ impl RuleSet {
     /// Writes the rules into the kernel maps and the rule counts into `SETTINGS`.
     pub fn install(&self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
         let mut counts = [0u32; 4];
+        let rules = self.kernel_rules();
         {
             let mut prefixes: LpmTrie<&mut MapData, PrefixKeyData, u32> = LpmTrie::try_from(
                 ebpf.map_mut("WATCH_PREFIXES")
                     .context("WATCH_PREFIXES map")?,
             )?;
-            for (id, rule) in self.rules.iter().enumerate() {
+            for (id, rule) in rules.iter().enumerate() {
                 if let WatchRule::Prefix(p) = rule {
                     let n = p.len().min(PREFIX_KEY_LEN);
                     let mut data = [0u8; PREFIX_KEY_LEN];
@@ -206,7 +197,7 @@ impl RuleSet {
         {
             let mut names: HashMap<&mut MapData, NameKeyData, u32> =
                 HashMap::try_from(ebpf.map_mut("WATCH_NAMES").context("WATCH_NAMES map")?)?;
-            for (id, rule) in self.rules.iter().enumerate() {
+            for (id, rule) in rules.iter().enumerate() {
                 if let WatchRule::Name(n) = rule {
                     if n.len() >= NAME_KEY_LEN {
                         // The kernel keeps names shorter than the key; match it by prefix.
@@ -225,7 +216,7 @@ impl RuleSet {
         ] {
             let mut trie: LpmTrie<&mut MapData, NameKeyData, u32> =
                 LpmTrie::try_from(ebpf.map_mut(map).with_context(|| format!("{map} map"))?)?;
-            for (id, rule) in self.rules.iter().enumerate() {
+            for (id, rule) in rules.iter().enumerate() {
                 let key_bytes: Vec<u8> = match (rule, reversed) {
                     (WatchRule::NamePrefix(p), false) => p.clone(),
                     (WatchRule::Name(n), false) if n.len() >= NAME_KEY_LEN => n.clone(),
@@ -301,15 +292,16 @@ mod tests {
                 WatchRule::NameSuffix(b".pem".to_vec()),
                 WatchRule::NamePrefix(b"id_".to_vec()),
             ],
+            patterns: Vec::new(),
         };
-        assert_eq!(set.matches(b"/srv/secrets/a", false), vec!["prefix"]);
-        assert!(set.matches(b"/srv/secretsX/a", false).is_empty());
-        assert_eq!(set.matches(b"/x/key.pem", false), vec!["name_suffix"]);
+        assert_eq!(set.matches(b"/srv/secrets/a", false, 1), vec!["prefix"]);
+        assert!(set.matches(b"/srv/secretsX/a", false, 1).is_empty());
+        assert_eq!(set.matches(b"/x/key.pem", false, 1), vec!["name_suffix"]);
         assert_eq!(
-            set.matches(b"/home/u/.ssh/id_rsa", false),
+            set.matches(b"/home/u/.ssh/id_rsa", false, 1),
             vec!["name_prefix"]
         );
         // A truncated path cannot be judged by its missing head.
-        assert!(set.matches(b"/srv/secrets/a", true).is_empty());
+        assert!(set.matches(b"/srv/secrets/a", true, 1).is_empty());
     }
 }

@@ -26,6 +26,12 @@ steps (run in order, one JSON line printed on stdout per step):
   --setuid N               setuid(N)
   --chdir DIR              chdir(DIR) (repeat it with relative components to go deeper than PATH_MAX)
   --open PATH              open(PATH, O_RDONLY); the fd becomes the 'last opened fd'
+  --open-nonblock PATH     open(PATH, O_RDONLY|O_NONBLOCK) (a FIFO without writer does not block)
+  --join-cgroup DIR        write our pid to DIR/cgroup.procs (move into that cgroup v2 group)
+  --unshare-mount          unshare(CLONE_NEWNS) and make every mount private (own mount namespace)
+  --mount-tmpfs DIR        mount a fresh tmpfs on DIR
+  --mkdir-p DIR            create DIR and its parents
+  --bind-mount SRC DST     bind-mount SRC on DST
   --open-loop PATH N       open(PATH, O_RDONLY) + close, N times
   --read N                 read exactly N bytes from the last opened fd (short only at EOF)
   --close                  close the last opened fd
@@ -46,6 +52,12 @@ enum Step {
     Setuid(u32),
     Chdir(OsString),
     Open(OsString),
+    OpenNonblock(OsString),
+    JoinCgroup(OsString),
+    UnshareMount,
+    MountTmpfs(OsString),
+    MkdirP(OsString),
+    BindMount(OsString, OsString),
     OpenLoop(OsString, u64),
     Read(usize),
     Close,
@@ -90,6 +102,15 @@ fn parse(args: Vec<OsString>) -> anyhow::Result<Vec<Step>> {
             "--setuid" => Step::Setuid(parse_num(&f, it.next())?),
             "--chdir" => Step::Chdir(parse_path(&f, it.next())?),
             "--open" => Step::Open(parse_path(&f, it.next())?),
+            "--open-nonblock" => Step::OpenNonblock(parse_path(&f, it.next())?),
+            "--join-cgroup" => Step::JoinCgroup(parse_path(&f, it.next())?),
+            "--unshare-mount" => Step::UnshareMount,
+            "--mount-tmpfs" => Step::MountTmpfs(parse_path(&f, it.next())?),
+            "--mkdir-p" => Step::MkdirP(parse_path(&f, it.next())?),
+            "--bind-mount" => {
+                let src = parse_path(&f, it.next())?;
+                Step::BindMount(src, parse_path(&f, it.next())?)
+            }
             "--open-loop" => {
                 let p = parse_path(&f, it.next())?;
                 Step::OpenLoop(p, parse_num(&f, it.next())?)
@@ -138,10 +159,35 @@ fn lossy(p: &OsString) -> String {
 }
 
 fn open_ro(p: &OsString) -> std::io::Result<i32> {
+    open_flags(p, libc::O_RDONLY)
+}
+
+fn open_flags(p: &OsString, flags: i32) -> std::io::Result<i32> {
     let c = cstring(p)?;
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY) };
+    let fd = unsafe { libc::open(c.as_ptr(), flags) };
     if fd < 0 { Err(errno()) } else { Ok(fd) }
+}
+
+fn mount(
+    src: Option<&OsString>,
+    dst: &OsString,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+) -> std::io::Result<()> {
+    let src = src.map(cstring).transpose()?;
+    let dst = cstring(dst)?;
+    let fstype = fstype.map(|t| CString::new(t).expect("literal"));
+    // SAFETY: valid C strings or NULL, no data argument.
+    check(unsafe {
+        libc::mount(
+            src.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            dst.as_ptr(),
+            fstype.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            flags,
+            std::ptr::null(),
+        )
+    })
 }
 
 /// Result of a syscall that returns 0 on success and -1 with errno on failure.
@@ -226,6 +272,52 @@ fn run_step(st: &mut State, step: Step) {
                 }
                 Err(e) => with_err(base, &e),
             }
+        }
+        Step::OpenNonblock(p) => {
+            let base = json!({"step": "open-nonblock", "path": lossy(&p)});
+            match open_flags(&p, libc::O_RDONLY | libc::O_NONBLOCK) {
+                Ok(fd) => {
+                    st.fds.push(fd);
+                    let mut v = base;
+                    v["ok"] = json!(true);
+                    v["fd"] = json!(fd);
+                    v
+                }
+                Err(e) => with_err(base, &e),
+            }
+        }
+        Step::JoinCgroup(dir) => {
+            let base = json!({"step": "join-cgroup", "dir": lossy(&dir)});
+            let mut procs = std::path::PathBuf::from(&dir);
+            procs.push("cgroup.procs");
+            simple(base, std::fs::write(procs, b"0"))
+        }
+        Step::UnshareMount => {
+            // SAFETY: plain syscall wrapper.
+            let r = check(unsafe { libc::unshare(libc::CLONE_NEWNS) }).and_then(|()| {
+                mount(
+                    None,
+                    &OsString::from("/"),
+                    None,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                )
+            });
+            simple(json!({"step": "unshare-mount"}), r)
+        }
+        Step::MountTmpfs(dir) => {
+            let r = mount(Some(&OsString::from("tmpfs")), &dir, Some("tmpfs"), 0);
+            simple(json!({"step": "mount-tmpfs", "dir": lossy(&dir)}), r)
+        }
+        Step::MkdirP(dir) => simple(
+            json!({"step": "mkdir-p", "dir": lossy(&dir)}),
+            std::fs::create_dir_all(&dir),
+        ),
+        Step::BindMount(src, dst) => {
+            let r = mount(Some(&src), &dst, None, libc::MS_BIND);
+            simple(
+                json!({"step": "bind-mount", "src": lossy(&src), "dst": lossy(&dst)}),
+                r,
+            )
         }
         Step::OpenLoop(p, n) => {
             let mut ok = 0u64;
