@@ -26,6 +26,8 @@ const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
 /// Timeouts in the test harness are multiplied by this inside the VM: TCG emulation on a
 /// 2-core machine runs the suite several times slower than the host.
 const TIME_SCALE: u32 = 8;
+/// The hook families disabled for the "fallback" variant.
+pub const FALLBACK_DISABLE: &str = "lsm,fentry,btf-tracepoint";
 /// Hard limit for one boot + suite run.
 const VM_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -162,7 +164,7 @@ echo "NHI-LSM $(cat /sys/kernel/security/lsm 2>/dev/null)"
 cd /nhi
 for variant in preferred fallback; do
   if [ "$variant" = fallback ]; then
-    export NHI_SENSOR_DISABLE_HOOKS=lsm,fentry,btf-tracepoint
+    export NHI_SENSOR_DISABLE_HOOKS=@FALLBACK@
   else
     unset NHI_SENSOR_DISABLE_HOOKS
   fi
@@ -204,6 +206,7 @@ fn build_initramfs(bins: &Binaries, work: &Path, filter: Option<&str>) -> anyhow
     fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
     let init = INIT
         .replace("@SCALE@", &TIME_SCALE.to_string())
+        .replace("@FALLBACK@", FALLBACK_DISABLE)
         .replace("@FILTER@", filter.unwrap_or(""));
     let init_path = root.join("init");
     fs::write(&init_path, init)?;

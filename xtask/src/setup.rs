@@ -60,7 +60,8 @@ fn ensure_rust_src() -> anyhow::Result<()> {
 }
 
 /// Debian packages: LLVM for bpf-linker, and the tools the test suite uses (`bpftool` to
-/// cross-check struct offsets, `iproute2` for network namespaces).
+/// cross-check struct offsets, `iproute2` for network namespaces, `ssh-keygen` and `openssl` for
+/// credential fixtures).
 fn ensure_apt_packages() -> anyhow::Result<()> {
     ensure_debian_packages(&[
         format!("llvm-{LLVM_MAJOR}-dev"),
@@ -69,6 +70,9 @@ fn ensure_apt_packages() -> anyhow::Result<()> {
         "libzstd-dev".to_string(),
         "bpftool".to_string(),
         "iproute2".to_string(),
+        // Credential fixtures in the identity tests: SSH key pairs and X.509 certificates.
+        "openssh-client".to_string(),
+        "openssl".to_string(),
     ])
 }
 
