@@ -28,6 +28,30 @@ const QEMU_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "cpio"];
 const TIME_SCALE: u32 = 8;
 /// The hook families disabled for the "fallback" variant.
 pub const FALLBACK_DISABLE: &str = "lsm,fentry,btf-tracepoint";
+/// The hook each job must choose on the matrix kernels (fentry, BTF tracepoints and the BPF LSM
+/// all work there) when nothing is disabled: a preferred hook that silently fails to load would
+/// otherwise pass unnoticed on the fallback.
+const EXPECTED_PREFERRED: &[(&str, &str)] = &[
+    ("process", "btf-tracepoint"),
+    ("file-open", "fentry"),
+    ("file-read", "fentry"),
+    ("credentials", "fentry"),
+    ("connect", "cgroup-sock-addr"),
+    ("connect-return", "fentry"),
+    ("tcp-outcome", "tracepoint"),
+    ("accept", "fentry"),
+];
+/// The same with [`FALLBACK_DISABLE`].
+const EXPECTED_FALLBACK: &[(&str, &str)] = &[
+    ("process", "raw-tracepoint"),
+    ("file-open", "tracepoint"),
+    ("file-read", "tracepoint"),
+    ("credentials", "tracepoint"),
+    ("connect", "cgroup-sock-addr"),
+    ("connect-return", "tracepoint"),
+    ("tcp-outcome", "tracepoint"),
+    ("accept", "tracepoint"),
+];
 /// Hard limit for one boot + suite run.
 const VM_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -44,6 +68,36 @@ pub struct KernelResult {
     pub passed: u32,
     pub failed: u32,
     pub ok: bool,
+    /// Jobs whose chosen hook was not the expected one, as "job: chose X, expected Y".
+    pub wrong_hooks: Vec<String>,
+}
+
+/// Compares `nhi-sensor check` output (job header lines, then `[x] <kind> ...` for the chosen
+/// candidate) with the expected (job, kind) pairs.
+fn wrong_hooks(check_output: &[String], expected: &[(&str, &str)]) -> Vec<String> {
+    let mut chosen: Vec<(String, String)> = Vec::new();
+    let mut job = String::new();
+    for line in check_output {
+        if !line.starts_with(' ') {
+            if let Some((name, _)) = line.split_once(" — ") {
+                job = name.trim().to_string();
+            }
+        } else if let Some(rest) = line.trim_start().strip_prefix("[x]") {
+            let kind = rest.split_whitespace().next().unwrap_or("").to_string();
+            chosen.push((job.clone(), kind));
+        }
+    }
+    expected
+        .iter()
+        .filter_map(|(job, kind)| {
+            let got = chosen
+                .iter()
+                .find(|(j, _)| j == job)
+                .map(|(_, k)| k.as_str());
+            (got != Some(*kind))
+                .then(|| format!("{job}: chose {}, expected {kind}", got.unwrap_or("nothing")))
+        })
+        .collect()
 }
 
 pub fn ensure_packages() -> anyhow::Result<()> {
@@ -266,6 +320,7 @@ fn boot(
     });
     let mut results = Vec::new();
     let (mut passed, mut failed) = (0u32, 0u32);
+    let mut check_lines: Vec<String> = Vec::new();
     let mut done = false;
     loop {
         let left = VM_TIMEOUT.saturating_sub(started.elapsed());
@@ -285,6 +340,11 @@ fn boot(
         if line.starts_with("NHI-") || line.contains("CHOSEN") || line.contains("[x]") {
             eprintln!("  [{version}] {line}");
         }
+        if line.starts_with("NHI-VARIANT-BEGIN") {
+            check_lines.clear();
+        } else if !line.starts_with("test ") && !line.starts_with('[') {
+            check_lines.push(line.to_string());
+        }
         if let Some((p, f)) = parse_summary(line) {
             (passed, failed) = (p, f);
         }
@@ -295,12 +355,22 @@ fn boot(
                 _ => "fallback hooks",
             };
             let code: i32 = parts.next().and_then(|c| c.parse().ok()).unwrap_or(-1);
+            let expected = if variant == "preferred hooks" {
+                EXPECTED_PREFERRED
+            } else {
+                EXPECTED_FALLBACK
+            };
+            let wrong = wrong_hooks(&check_lines, expected);
+            for w in &wrong {
+                eprintln!("  [{version}] WRONG HOOK ({variant}): {w}");
+            }
             results.push(KernelResult {
                 kernel: version.to_string(),
                 variant,
                 passed,
                 failed,
-                ok: code == 0 && failed == 0 && passed > 0,
+                ok: code == 0 && failed == 0 && passed > 0 && wrong.is_empty(),
+                wrong_hooks: wrong,
             });
             (passed, failed) = (0, 0);
         }
@@ -343,4 +413,42 @@ pub fn test_kernels(root: &Path, filter: Option<&str>) -> anyhow::Result<Vec<Ker
         all.extend(boot(&version, &kernel, &image, &log)?);
     }
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_lines_parse() {
+        assert_eq!(
+            parse_summary("test result: ok. 11 passed; 2 failed; 0 ignored; 0 measured"),
+            Some((11, 2))
+        );
+        assert_eq!(parse_summary("running 3 tests"), None);
+    }
+
+    #[test]
+    fn wrong_hooks_are_named() {
+        let out: Vec<String> = [
+            "kernel 6.1.0",
+            "process — exec (required)",
+            "  [x] btf-tracepoint   tp_btf ... — chosen",
+            "  [ ] raw-tracepoint   raw_tp ... — not tried",
+            "file-open — opens (required)",
+            "  [ ] fentry           fexit do_sys_openat2 — unavailable: EPERM",
+            "  [x] tracepoint       tracepoint ... — chosen",
+        ]
+        .map(String::from)
+        .to_vec();
+        let wrong = wrong_hooks(
+            &out,
+            &[("process", "btf-tracepoint"), ("file-open", "fentry")],
+        );
+        assert_eq!(
+            wrong,
+            vec!["file-open: chose tracepoint, expected fentry".to_string()]
+        );
+        assert!(wrong_hooks(&out, &[("process", "btf-tracepoint")]).is_empty());
+    }
 }

@@ -167,6 +167,9 @@ fn matrix(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
             r.failed,
             if r.ok { "" } else { "  <- FAILED" }
         );
+        for w in &r.wrong_hooks {
+            println!("      wrong hook: {w}");
+        }
     }
     if !all_ok {
         bail!("the integration suite failed on at least one kernel");
@@ -221,6 +224,7 @@ fn integration_tests(
         passed,
         failed,
         ok: status && failed == 0 && passed > 0,
+        wrong_hooks: Vec::new(),
     })
 }
 
