@@ -171,6 +171,12 @@ fn matrix(root: &Path, filter: Option<&str>) -> anyhow::Result<()> {
             println!("      wrong hook: {w}");
         }
     }
+    let (passed, failed) = [&host, &host_fallback]
+        .into_iter()
+        .chain(&vms)
+        .fold((0, 0), |(p, f), r| (p + r.passed, f + r.failed));
+    // The plain closing line CI reads.
+    println!("matrix: {passed} passed, {failed} failed");
     if !all_ok {
         bail!("the integration suite failed on at least one kernel");
     }
