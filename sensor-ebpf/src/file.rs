@@ -245,12 +245,7 @@ pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
     if ret < 0 {
         return Ok(());
     }
-    let Some(ns) = NAME_SCRATCH.get_ptr_mut(0) else {
-        count(Counter::DropNoScratch);
-        return Ok(());
-    };
-    let Some(ps) = PATH_SCRATCH.get_ptr_mut(0) else {
-        count(Counter::DropNoScratch);
+    let Some((ns, ps)) = open_scratch() else {
         return Ok(());
     };
     let task = current_task();
@@ -296,6 +291,16 @@ pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
     Ok(())
 }
 
+/// The name and path scratch buffers of the open handlers.
+#[inline(always)]
+fn open_scratch() -> Option<(*mut NameScratch, *mut PathScratch)> {
+    let (Some(ns), Some(ps)) = (NAME_SCRATCH.get_ptr_mut(0), PATH_SCRATCH.get_ptr_mut(0)) else {
+        count(Counter::DropNoScratch);
+        return None;
+    };
+    Some((ns, ps))
+}
+
 /// Where the raw path of a failed open is staged in the record scratch: past any open record's
 /// fixed part and path, so building the record cannot overwrite it before it is copied.
 const RAW_AT: usize = PATH_BUF;
@@ -325,12 +330,7 @@ pub fn open_failed(args: &OpenArgs, ret: i64, syscall_nr: u32) -> Result<(), i64
     if (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32 == sensor_tgid() {
         return Ok(());
     }
-    let Some(ns) = NAME_SCRATCH.get_ptr_mut(0) else {
-        count(Counter::DropNoScratch);
-        return Ok(());
-    };
-    let Some(ps) = PATH_SCRATCH.get_ptr_mut(0) else {
-        count(Counter::DropNoScratch);
+    let Some((ns, ps)) = open_scratch() else {
         return Ok(());
     };
     let task = current_task();
@@ -420,10 +420,6 @@ fn decide(ns: *mut NameScratch, ps: *mut PathScratch) -> bool {
 /// Builds and sends a `FileOpenEvent` for the path in `ps`. `inode` is (dev, ino, mode), zeros
 /// when the open failed.
 #[inline(always)]
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one record, built from one hook's findings"
-)]
 fn emit_open(
     syscall_nr: u32,
     ns: *mut NameScratch,

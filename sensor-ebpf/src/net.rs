@@ -148,9 +148,23 @@ pub fn connect_returned(ret: i64) -> Result<(), i64> {
         return Ok(());
     }
     let _ = PENDING_CONNECTS.remove(&cookie);
+    let Some(ev) = result_record(cookie) else {
+        return Ok(());
+    };
+    ev.result = RESULT_FAILED;
+    ev.error = (-ret) as u32;
+    output_value(ev);
+    Ok(())
+}
+
+/// A zeroed connect-outcome record for `cookie`, in its own per-CPU scratch: outcomes are
+/// produced in softirq context too, on top of a program that may be building a record in
+/// `EVENT_SCRATCH` on the same CPU.
+#[inline(always)]
+fn result_record(cookie: u64) -> Option<&'static mut NetResultEvent> {
     let Some(ev) = RESULT_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
-        return Ok(());
+        return None;
     };
     zero_words(ev);
     let ev = unsafe { &mut *ev };
@@ -159,10 +173,7 @@ pub fn connect_returned(ret: i64) -> Result<(), i64> {
         core::mem::size_of::<NetResultEvent>(),
     );
     ev.cookie = cookie;
-    ev.result = RESULT_FAILED;
-    ev.error = (-ret) as u32;
-    output_value(ev);
-    Ok(())
+    Some(ev)
 }
 
 /// Tracepoint record layout of `sock:inet_sock_set_state` (stable since 4.16).
@@ -203,19 +214,9 @@ pub fn tcp_state(ctx: &TracePointContext) -> Result<(), i64> {
     }
     let _ = PENDING_CONNECTS.remove(&cookie);
     let family: u16 = unsafe { ctx.read_at(set_state::FAMILY) }?;
-    // Softirq context: its own scratch, so it never tramples a record a preempted program on
-    // this CPU is still building in EVENT_SCRATCH.
-    let Some(ev) = RESULT_SCRATCH.get_ptr_mut(0) else {
-        count(Counter::DropNoScratch);
+    let Some(ev) = result_record(cookie) else {
         return Ok(());
     };
-    zero_words(ev);
-    let ev = unsafe { &mut *ev };
-    ev.header = header(
-        EventKind::NetConnectResult,
-        core::mem::size_of::<NetResultEvent>(),
-    );
-    ev.cookie = cookie;
     ev.src.family = family;
     ev.dst.family = family;
     ev.src.port = unsafe { ctx.read_at::<u16>(set_state::SPORT) }?;

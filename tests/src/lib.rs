@@ -134,6 +134,15 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Serialises the real-kernel tests of a test binary (they share kernel state: attached
+/// programs, cgroup hooks) and checks for root; `None` means "skip" (see [`require_root`]).
+/// Hold the guard for the whole test.
+pub fn serial_root_test(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root(test).then_some(guard)
+}
+
 /// For tests that need root. Returns `true` when the test should run. When not root, it
 /// panics (a skipped test must not look like a pass) unless `NHI_ALLOW_SKIP=1`, in which case it
 /// prints `SKIPPED: needs root` and returns `false`.

@@ -16,7 +16,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 
 use base64::Engine as _;
 use nhi_sensor_tests::{
@@ -24,15 +24,11 @@ use nhi_sensor_tests::{
 };
 use serde_json::{Value, json};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
+/// Common prologue: serialises the tests, sets the actor binary, checks for root.
+/// `None` means "skip" (only when not root and NHI_ALLOW_SKIP=1).
 fn setup(test: &str) -> Option<MutexGuard<'static, ()>> {
-    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     nhi_sensor_tests::init_actor_bin!();
-    if !nhi_sensor_tests::require_root(test) {
-        return None;
-    }
-    Some(g)
+    nhi_sensor_tests::serial_root_test(test)
 }
 
 fn s(p: &Path) -> &str {

@@ -23,7 +23,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,17 +36,11 @@ use serde_json::Value;
 
 const NOBODY: u64 = 65534;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
 /// Common prologue: serialises the tests, sets the actor binary, checks for root.
 /// `None` means "skip" (only when not root and NHI_ALLOW_SKIP=1).
 fn setup(test: &str) -> Option<MutexGuard<'static, ()>> {
-    let g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     nhi_sensor_tests::init_actor_bin!();
-    if !nhi_sensor_tests::require_root(test) {
-        return None;
-    }
-    Some(g)
+    nhi_sensor_tests::serial_root_test(test)
 }
 
 fn our_pid() -> u64 {
