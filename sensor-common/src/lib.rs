@@ -57,6 +57,7 @@ pub enum EventKind {
     NetConnectResult = 201,
     NetUdpSend = 202,
     NetAccept = 203,
+    NetUnixConnect = 204,
 }
 
 impl EventKind {
@@ -72,6 +73,7 @@ impl EventKind {
             201 => Self::NetConnectResult,
             202 => Self::NetUdpSend,
             203 => Self::NetAccept,
+            204 => Self::NetUnixConnect,
             _ => return None,
         })
     }
@@ -405,6 +407,36 @@ pub struct NetAcceptEvent {
     pub protocol: u32,
 }
 
+/// Bytes of a Unix socket path (`sizeof(sun_path)` is 108), rounded up to keep records aligned.
+pub const UNIX_PATH_LEN: usize = 112;
+
+/// A `connect` to a watched Unix socket (the SPIFFE workload API, a container runtime): who
+/// asked a local identity or control plane for something. Only watched paths leave the kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NetUnixEvent {
+    pub header: EventHeader,
+    pub task: TaskInfo,
+    /// `sun_path` as passed to connect (NUL-padded; abstract sockets start with a NUL byte).
+    pub path: [u8; UNIX_PATH_LEN],
+    /// Bytes of `path` that were passed.
+    pub path_len: u32,
+    /// The connect's return value: 0 or `-errno`.
+    pub ret: i32,
+}
+
+/// Key of the watched-Unix-socket map: the exact `sun_path`, NUL-padded.
+pub type UnixPathKey = [u8; UNIX_PATH_LEN];
+
+/// Arguments of a connect to a watched Unix socket, kept from entry to exit (tracepoint path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnixConnectArgs {
+    pub path: [u8; UNIX_PATH_LEN],
+    pub path_len: u32,
+    pub _pad: u32,
+}
+
 /// `FileOpenEvent::matched`: matched a path-prefix rule.
 pub const WATCH_PREFIX: u32 = 1 << 0;
 /// Matched an exact file-name rule.
@@ -432,8 +464,10 @@ pub enum Setting {
     NameRules = 1,
     NamePrefixRules = 2,
     NameSuffixRules = 3,
+    /// Number of watched Unix socket paths; 0 skips the connect-path read entirely.
+    UnixSockets = 4,
 }
-pub const SETTINGS_LEN: u32 = 4;
+pub const SETTINGS_LEN: u32 = 8;
 
 /// Counters kept per CPU in the `COUNTERS` map, summed by userspace. Indices below
 /// [`Counter::FIRST_INFO`] are losses: any non-zero value there is an event the kernel could not
@@ -544,6 +578,11 @@ mod tests {
         assert_eq!(size_of::<OpenArgs>(), 16);
         assert_eq!(size_of::<UdpFlowKey>(), 8 + size_of::<SockAddr>());
         assert_eq!(
+            size_of::<NetUnixEvent>(),
+            16 + size_of::<TaskInfo>() + UNIX_PATH_LEN + 8
+        );
+        assert_eq!(size_of::<UnixConnectArgs>(), UNIX_PATH_LEN + 8);
+        assert_eq!(
             size_of::<NetConnectEvent>(),
             16 + size_of::<TaskInfo>() + 8 + size_of::<SockAddr>() + 8
         );
@@ -571,6 +610,7 @@ mod tests {
             EventKind::NetConnectResult,
             EventKind::NetUdpSend,
             EventKind::NetAccept,
+            EventKind::NetUnixConnect,
         ] {
             assert_eq!(EventKind::from_u32(kind as u32), Some(kind));
         }

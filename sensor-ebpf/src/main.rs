@@ -201,6 +201,13 @@ pub fn net_connect_exit(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
+#[inline(always)]
+pub fn net_connect_enter(ctx: TracePointContext) -> u32 {
+    let _ = net::connect_enter(&ctx);
+    0
+}
+
 #[tracepoint(category = "sock", name = "inet_sock_set_state")]
 #[inline(always)]
 pub fn net_tcp_state(ctx: TracePointContext) -> u32 {
@@ -310,7 +317,9 @@ const PT_REGS_ORIG_AX: u64 = 15 * 8;
 #[fexit(function = "__sys_connect")]
 #[inline(always)]
 pub fn fexit_sys_connect(ctx: FExitContext) -> i32 {
-    let _ = net::connect_returned(ctx.arg::<i64>(3) as i32 as i64);
+    let ret = ctx.arg::<i64>(3) as i32 as i64;
+    net::unix_connect_returned(ctx.arg(1), ctx.arg::<u64>(2) & 0xffff_ffff, ret);
+    let _ = net::connect_returned(ret);
     0
 }
 

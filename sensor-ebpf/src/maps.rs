@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use sensor_common::{
     Counter, Creds, FdKey, FdState, NameKeyData, NetResultEvent, OpenArgs, PrefixKeyData,
-    SETTINGS_LEN, UdpFlowKey,
+    SETTINGS_LEN, UdpFlowKey, UnixConnectArgs, UnixPathKey,
 };
 
 use crate::scratch::{EventScratch, NameScratch, PathScratch};
@@ -71,6 +71,18 @@ pub static PENDING_CONNECTS: LruHashMap<u64, u32> = LruHashMap::with_max_entries
 /// Thread id → socket cookie of a `connect` syscall in flight (synchronous failures).
 #[map]
 pub static CONNECT_SYSCALLS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(8192, 0);
+
+/// Watched Unix socket paths (exact `sun_path`, NUL-padded) → rule id.
+#[map]
+pub static WATCH_SOCKETS: HashMap<UnixPathKey, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Thread id → a connect to a watched Unix socket in flight (tracepoint path).
+#[map]
+pub static UNIX_CONNECTS: LruHashMap<u32, UnixConnectArgs> = LruHashMap::with_max_entries(4096, 0);
+
+/// Per-CPU buffer for reading a connect's socket address.
+#[map]
+pub static UNIX_SCRATCH: PerCpuArray<UnixConnectArgs> = PerCpuArray::with_max_entries(1, 0);
 
 /// UDP flows already reported. LRU: a flow evicted and seen again is reported again.
 #[map]

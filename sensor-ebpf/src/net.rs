@@ -5,20 +5,27 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::generated::bpf_get_socket_cookie,
+    helpers::{
+        bpf_probe_read_user,
+        generated::{self, bpf_probe_read_user_str},
+    },
     programs::{SockAddrContext, TracePointContext},
 };
 use sensor_common::{
-    Counter, EventKind, NetAcceptEvent, NetConnectEvent, NetResultEvent, RESULT_ESTABLISHED,
-    RESULT_FAILED, SockAddr, UdpFlowKey,
+    Counter, EventKind, NetAcceptEvent, NetConnectEvent, NetResultEvent, NetUnixEvent,
+    RESULT_ESTABLISHED, RESULT_FAILED, Setting, SockAddr, UdpFlowKey, UnixConnectArgs,
 };
 
 use crate::{
     emit::{count, header, output_value},
     kread::{
-        current_task, fd_to_file, fill_current, off, read, read_into, read_ptr, sensor_tgid,
-        zero_in_place, zero_words,
+        at_most, current_task, fd_to_file, fill_current, off, read, read_into, read_ptr,
+        sensor_tgid, zero_in_place, zero_words,
     },
-    maps::{CONNECT_SYSCALLS, EVENT_SCRATCH, PENDING_CONNECTS, RESULT_SCRATCH, UDP_FLOWS},
+    maps::{
+        CONNECT_SYSCALLS, EVENT_SCRATCH, PENDING_CONNECTS, RESULT_SCRATCH, SETTINGS, UDP_FLOWS,
+        UNIX_CONNECTS, UNIX_SCRATCH, WATCH_SOCKETS,
+    },
 };
 
 const AF_INET: u16 = 2;
@@ -129,7 +136,109 @@ pub fn sendmsg(ctx: &SockAddrContext, v6: bool) {
 #[inline(always)]
 pub fn connect_exit(ctx: &TracePointContext) -> Result<(), i64> {
     let ret: i64 = unsafe { ctx.read_at(16) }?;
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    if let Some(args) = UNIX_CONNECTS.get_ptr(&tid) {
+        if (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32 != sensor_tgid() {
+            emit_unix(args, ret);
+        }
+        let _ = UNIX_CONNECTS.remove(&tid);
+    }
     connect_returned(ret)
+}
+
+/// `sys_enter_connect(fd, uservaddr, addrlen)`: remember a connect to a watched Unix socket
+/// until it returns.
+#[inline(always)]
+pub fn connect_enter(ctx: &TracePointContext) -> Result<(), i64> {
+    let uservaddr: u64 = unsafe { ctx.read_at(24) }?;
+    let addrlen: u64 = unsafe { ctx.read_at(32) }?;
+    let Some(args) = watched_unix_path(uservaddr, addrlen) else {
+        return Ok(());
+    };
+    let tid = aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32;
+    if UNIX_CONNECTS.insert(&tid, unsafe { &*args }, 0).is_err() {
+        count(Counter::DropMapFull);
+    }
+    Ok(())
+}
+
+/// The `sockaddr` a process passes to connect, when it names a watched Unix socket (in
+/// `UNIX_SCRATCH`). Pathname sockets are read up to their NUL (callers often pass the whole
+/// `sizeof(sockaddr_un)`), abstract ones (leading NUL) by their length.
+#[inline(always)]
+fn watched_unix_path(uservaddr: u64, addrlen: u64) -> Option<*mut UnixConnectArgs> {
+    if SETTINGS
+        .get(Setting::UnixSockets as u32)
+        .copied()
+        .unwrap_or(0)
+        == 0
+        || addrlen < 3
+    {
+        return None;
+    }
+    let family = unsafe { bpf_probe_read_user(uservaddr as *const u16) }.ok()?;
+    if family != AF_UNIX {
+        return None;
+    }
+    let args = UNIX_SCRATCH.get_ptr_mut(0)?;
+    zero_words(args);
+    let path = unsafe { &raw mut (*args).path };
+    let src = (uservaddr + 2) as *const core::ffi::c_void;
+    let first = unsafe { bpf_probe_read_user((uservaddr + 2) as *const u8) }.ok()?;
+    let len = if first != 0 {
+        let n = unsafe { bpf_probe_read_user_str(path.cast(), UNIX_SUN_PATH, src) };
+        if n <= 1 {
+            return None;
+        }
+        n as u32 - 1
+    } else {
+        let n = at_most(addrlen as u32 - 2, UNIX_SUN_PATH);
+        if unsafe { generated::bpf_probe_read_user(path.cast(), n, src) } < 0 {
+            return None;
+        }
+        n
+    };
+    unsafe { (*args).path_len = len };
+    unsafe { WATCH_SOCKETS.get(&*path) }?;
+    Some(args)
+}
+
+/// `sizeof(((struct sockaddr_un *)0)->sun_path)`.
+const UNIX_SUN_PATH: u32 = 108;
+const AF_UNIX: u16 = 1;
+
+/// Reports a finished connect to a watched Unix socket.
+#[inline(always)]
+fn emit_unix(args: *const UnixConnectArgs, ret: i64) {
+    let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
+        count(Counter::DropNoScratch);
+        return;
+    };
+    let ev = unsafe { &mut *(buf as *mut NetUnixEvent) };
+    ev.header = header(
+        EventKind::NetUnixConnect,
+        core::mem::size_of::<NetUnixEvent>(),
+    );
+    fill_current(&mut ev.task);
+    read_into(
+        &raw mut ev.path,
+        unsafe { &raw const (*args).path } as u64,
+        0,
+    );
+    ev.path_len = unsafe { (*args).path_len };
+    ev.ret = ret as i32;
+    output_value(ev);
+}
+
+/// fexit `__sys_connect(fd, uservaddr, addrlen)`: the address is still in user memory.
+#[inline(always)]
+pub fn unix_connect_returned(uservaddr: u64, addrlen: u64, ret: i64) {
+    if (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32 == sensor_tgid() {
+        return;
+    }
+    if let Some(args) = watched_unix_path(uservaddr, addrlen) {
+        emit_unix(args, ret);
+    }
 }
 
 /// The connect syscall returned `ret` (from any hook: `sys_exit_connect`, fexit `__sys_connect`).

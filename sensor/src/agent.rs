@@ -162,6 +162,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         watch,
         watch_name,
         no_default_rules,
+        watch_socket,
+        spiffe_socket,
         config,
         kubelet_root,
         trust_domain,
@@ -191,7 +193,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     patterns.extend(cfg_patterns);
     tracing::info!(patterns = patterns.len(), "credential catalogue");
-    let rules = RuleSet::from_args(&watch, &watch_name, patterns)?;
+    let mut rules = RuleSet::from_args(&watch, &watch_name, patterns)?;
+    rules.sockets =
+        crate::unix_sockets::UnixSockets::new(&watch_socket, &spiffe_socket, !no_default_rules)?;
     kube_apiserver.extend(cfg_kube);
     kube_apiserver.extend(endpoints::kube_apiserver_from_node());
     vault_addr.extend(cfg_vault);

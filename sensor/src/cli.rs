@@ -66,6 +66,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_default_rules: bool,
 
+    /// Report connects to this Unix socket (repeatable), as passed to connect (no symlink
+    /// resolution). Container-runtime and SPIRE agent sockets are watched by default.
+    #[arg(long = "watch-socket", value_name = "PATH")]
+    pub watch_socket: Vec<PathBuf>,
+
+    /// A SPIFFE workload API socket (repeatable), e.g. the path of `SPIFFE_ENDPOINT_SOCKET`:
+    /// connects to it are reported as `spiffe_workload_api` endpoints.
+    #[arg(long = "spiffe-socket", value_name = "PATH")]
+    pub spiffe_socket: Vec<PathBuf>,
+
     /// Config file (TOML): extra credential patterns and credential-endpoint addresses. The
     /// schema is documented in the README ("Config file").
     #[arg(long, value_name = "FILE")]

@@ -3,7 +3,7 @@
 
 use sensor_common::{
     CredChangeEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileCloseEvent, FileOpenEvent,
-    ForkEvent, NetAcceptEvent, NetConnectEvent, NetResultEvent,
+    ForkEvent, NetAcceptEvent, NetConnectEvent, NetResultEvent, NetUnixEvent,
 };
 
 #[derive(Debug)]
@@ -30,6 +30,7 @@ pub enum KernelEvent {
     UdpSend(NetConnectEvent),
     ConnectResult(NetResultEvent),
     Accept(NetAcceptEvent),
+    UnixConnect(NetUnixEvent),
 }
 
 /// Bytes that may hold secrets (environment values). Only names and keyed fingerprints derived
@@ -147,6 +148,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
             KernelEvent::ConnectResult(read_struct(bytes, "connect_result")?)
         }
         EventKind::NetAccept => KernelEvent::Accept(read_struct(bytes, "accept")?),
+        EventKind::NetUnixConnect => KernelEvent::UnixConnect(read_struct(bytes, "unix_connect")?),
     })
 }
 

@@ -28,6 +28,8 @@ pub struct Event {
     pub network: Option<Network>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stats: Option<Stats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unix: Option<Unix>,
     /// The workload of `process` (present whenever `process` is).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workload: Option<crate::workload::Workload>,
@@ -53,6 +55,7 @@ impl Event {
             file: None,
             network: None,
             stats: None,
+            unix: None,
             workload: None,
             identity: None,
             credential: None,
@@ -281,6 +284,21 @@ pub struct Network {
     /// The destination is a credential service (metadata, container credentials, API server,
     /// Vault).
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<crate::endpoints::CredentialEndpoint>,
+}
+
+/// A connect to a watched Unix socket.
+#[derive(Debug, Serialize)]
+pub struct Unix {
+    /// As passed to connect; abstract sockets as `@name`.
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_b64: Option<String>,
+    #[serde(rename = "abstract")]
+    pub is_abstract: bool,
+    /// `connected`, `refused`, `failed`.
+    pub result: &'static str,
+    pub error: Option<Errno>,
     pub endpoint: Option<crate::endpoints::CredentialEndpoint>,
 }
 

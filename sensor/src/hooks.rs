@@ -359,7 +359,7 @@ const JOBS: &[Job] = &[
     },
     Job {
         name: "connect-return",
-        what: "connects that fail before sending a SYN",
+        what: "connects that fail before sending a SYN; connects to watched Unix sockets",
         required: false,
         candidates: &[
             Candidate {
@@ -374,12 +374,19 @@ const JOBS: &[Job] = &[
             },
             Candidate {
                 kind: HookKind::Tracepoint,
-                label: "tracepoint syscalls:sys_exit_connect",
-                attach: &[Attach::Tracepoints {
-                    program: "net_connect_exit",
-                    category: "syscalls",
-                    names: &["sys_exit_connect"],
-                }],
+                label: "tracepoint syscalls:sys_{enter,exit}_connect",
+                attach: &[
+                    Attach::Tracepoints {
+                        program: "net_connect_exit",
+                        category: "syscalls",
+                        names: &["sys_exit_connect"],
+                    },
+                    Attach::Tracepoints {
+                        program: "net_connect_enter",
+                        category: "syscalls",
+                        names: &["sys_enter_connect"],
+                    },
+                ],
             },
         ],
     },

@@ -19,6 +19,7 @@ mod process_table;
 mod procfs;
 mod rules;
 mod secret;
+mod unix_sockets;
 mod workload;
 
 use clap::Parser as _;

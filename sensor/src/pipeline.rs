@@ -409,6 +409,27 @@ impl<W: Write> Pipeline<W> {
                 self.emit(&mut out)?;
             }
             KernelEvent::ConnectResult(r) => self.connect_result(r)?,
+            KernelEvent::UnixConnect(ev) => {
+                let raw = &ev.path[..(ev.path_len as usize).min(ev.path.len())];
+                let (shown, is_abstract) = crate::unix_sockets::display_path(raw);
+                let (path, path_b64) = event::text_and_b64(&shown);
+                let (result, error) = match -ev.ret {
+                    0 => ("connected", None),
+                    e if e == libc::ECONNREFUSED => ("refused", Some(Errno::new(e as u32))),
+                    e => ("failed", Some(Errno::new(e as u32))),
+                };
+                let mut out = self.new_event("network.unix_connect", ev.header.boot_ns);
+                out.process = Some(self.process(&ev.task));
+                out.unix = Some(event::Unix {
+                    path,
+                    path_b64,
+                    is_abstract,
+                    result,
+                    error,
+                    endpoint: self.rules.sockets.classify(raw),
+                });
+                self.emit(&mut out)?;
+            }
             KernelEvent::Accept(ev) => {
                 let (rip, v4_mapped) = event::ip_of(ev.remote.family, &ev.remote.addr);
                 let (lip, _) = event::ip_of(ev.local.family, &ev.local.addr);

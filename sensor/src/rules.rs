@@ -112,6 +112,8 @@ use std::os::unix::ffi::OsStringExt as _;
 pub struct RuleSet {
     pub rules: Vec<WatchRule>,
     pub patterns: Vec<Pattern>,
+    /// Watched Unix sockets (connects, not file opens).
+    pub sockets: crate::unix_sockets::UnixSockets,
 }
 
 impl RuleSet {
@@ -129,7 +131,11 @@ impl RuleSet {
             rules.push(WatchRule::parse_name(n)?);
         }
         rules.dedup();
-        Ok(Self { rules, patterns })
+        Ok(Self {
+            rules,
+            patterns,
+            sockets: Default::default(),
+        })
     }
 
     /// The rules loaded into the kernel: the operator's and one per catalogue pattern.
@@ -175,6 +181,7 @@ impl RuleSet {
 
     /// Writes the rules into the kernel maps and the rule counts into `SETTINGS`.
     pub fn install(&self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+        self.sockets.install(ebpf)?;
         let mut counts = [0u32; 4];
         let rules = self.kernel_rules();
         {
@@ -293,6 +300,7 @@ mod tests {
                 WatchRule::NamePrefix(b"id_".to_vec()),
             ],
             patterns: Vec::new(),
+            sockets: Default::default(),
         };
         assert_eq!(set.matches(b"/srv/secrets/a", false, 1), vec!["prefix"]);
         assert!(set.matches(b"/srv/secretsX/a", false, 1).is_empty());

@@ -1041,3 +1041,105 @@ fn failed_open_of_watched_file_is_reported() {
     assert_eq!(get_str(&ev, "file.error.name"), Some("ENOENT"), "{ev}");
     finish(sensor);
 }
+
+#[test]
+fn unix_socket_connects_to_watched_sockets() {
+    let Some(_g) = setup("unix_socket_connects_to_watched_sockets") else {
+        return;
+    };
+    let d = TempDir::new("unixsock");
+    let spire = d.join("spire-agent.sock");
+    let watched = d.join("app.sock");
+    let unwatched = d.join("other.sock");
+    let mut listeners = Vec::new();
+    for p in [&spire, &watched, &unwatched] {
+        let l = std::os::unix::net::UnixListener::bind(p).expect("bind unix listener");
+        // The actor connects as nobody: connecting needs write permission on the socket.
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        listeners.push(l);
+    }
+    let missing = d.join("gone.sock");
+
+    let sensor = Sensor::start(&[
+        "run",
+        "--format",
+        "json",
+        "--watch-socket",
+        path_str(&watched),
+        "--watch-socket",
+        path_str(&missing),
+        "--spiffe-socket",
+        path_str(&spire),
+    ]);
+    let mut a = spawn_actor(&[
+        "--setgroups-clear",
+        "--setgid",
+        "65534",
+        "--setuid",
+        "65534",
+        "--connect-unix",
+        path_str(&spire),
+        "--connect-unix",
+        path_str(&unwatched),
+        "--connect-unix",
+        path_str(&watched),
+        "--connect-unix",
+        path_str(&missing),
+        "--exit",
+        "0",
+    ]);
+    let pid = a.pid();
+    a.expect_step("start");
+    for step in ["setgroups-clear", "setgid", "setuid"] {
+        a.expect_ok(step);
+    }
+    a.expect_ok("connect-unix");
+    a.expect_ok("connect-unix");
+    a.expect_ok("connect-unix");
+    let gone = a.next_step();
+    assert_eq!(get_u64(&gone, "errno"), Some(libc::ENOENT as u64), "{gone}");
+    a.expect_step("exit");
+    a.wait();
+
+    let ev = sensor.wait_for("network.unix_connect to the SPIFFE socket", WAIT, |e| {
+        is_kind_pid(e, "network.unix_connect", pid)
+            && get_str(e, "unix.path") == Some(path_str(&spire))
+    });
+    assert_process_basics(&ev, pid);
+    assert_eq!(get_u64(&ev, "process.uid"), Some(NOBODY), "{ev}");
+    assert_eq!(get_str(&ev, "unix.result"), Some("connected"), "{ev}");
+    assert_eq!(
+        get_str(&ev, "unix.endpoint.kind"),
+        Some("spiffe_workload_api"),
+        "{ev}"
+    );
+    let ev = sensor.wait_for("network.unix_connect to the watched socket", WAIT, |e| {
+        is_kind_pid(e, "network.unix_connect", pid)
+            && get_str(e, "unix.path") == Some(path_str(&watched))
+    });
+    assert_eq!(
+        get_str(&ev, "unix.endpoint.kind"),
+        Some("watched_socket"),
+        "{ev}"
+    );
+    let ev = sensor.wait_for("network.unix_connect to the missing socket", WAIT, |e| {
+        is_kind_pid(e, "network.unix_connect", pid)
+            && get_str(e, "unix.path") == Some(path_str(&missing))
+    });
+    assert_eq!(get_str(&ev, "unix.result"), Some("failed"), "{ev}");
+    assert_eq!(get_str(&ev, "unix.error.name"), Some("ENOENT"), "{ev}");
+
+    let stopped = finish(sensor);
+    let unix_events: Vec<_> = stopped
+        .events
+        .iter()
+        .filter(|e| is_kind_pid(e, "network.unix_connect", pid))
+        .collect();
+    assert_eq!(
+        unix_events.len(),
+        3,
+        "exactly the three watched sockets, not {}: {unix_events:?}",
+        path_str(&unwatched)
+    );
+    drop(listeners);
+}

@@ -40,6 +40,7 @@ steps (run in order, one JSON line printed on stdout per step):
   --connect-tcp-blocking HOST:PORT
                            plain blocking connect(2) (no timeout); the stream stays open until exit
   --udp-send HOST:PORT     unconnected UDP socket, send_to 4 bytes twice
+  --connect-unix PATH      connect a Unix stream socket to PATH (kept open until exit)
   --sleep-ms N             sleep N milliseconds
   --wait-stdin             block until a line (or EOF) arrives on stdin
   --exit CODE              _exit(CODE) at once, leaving fds open
@@ -47,6 +48,7 @@ steps (run in order, one JSON line printed on stdout per step):
 
 #[derive(Debug)]
 enum Step {
+    ConnectUnix(OsString),
     SetgroupsClear,
     Setgid(u32),
     Setuid(u32),
@@ -120,6 +122,7 @@ fn parse(args: Vec<OsString>) -> anyhow::Result<Vec<Step>> {
             "--connect-tcp" => Step::ConnectTcp(parse_addr(&f, it.next())?),
             "--connect-tcp-blocking" => Step::ConnectTcpBlocking(parse_addr(&f, it.next())?),
             "--udp-send" => Step::UdpSend(parse_addr(&f, it.next())?),
+            "--connect-unix" => Step::ConnectUnix(parse_path(&f, it.next())?),
             "--sleep-ms" => Step::SleepMs(parse_num(&f, it.next())?),
             "--wait-stdin" => Step::WaitStdin,
             "--exit" => Step::Exit(parse_num(&f, it.next())?),
@@ -233,6 +236,7 @@ struct State {
     fds: Vec<i32>,
     tcp: Vec<TcpStream>,
     udp: Vec<UdpSocket>,
+    unix: Vec<std::os::unix::net::UnixStream>,
 }
 
 fn run_step(st: &mut State, step: Step) {
@@ -426,6 +430,18 @@ fn run_step(st: &mut State, step: Step) {
                 Err(e) => with_err(base, &e),
             }
         }
+        Step::ConnectUnix(path) => {
+            let base = json!({"step": "connect-unix", "path": path.to_string_lossy()});
+            match std::os::unix::net::UnixStream::connect(&path) {
+                Ok(s) => {
+                    st.unix.push(s);
+                    let mut v = base;
+                    v["ok"] = json!(true);
+                    v
+                }
+                Err(e) => with_err(base, &e),
+            }
+        }
         Step::SleepMs(ms) => {
             std::thread::sleep(Duration::from_millis(ms));
             json!({"step": "sleep-ms", "ms": ms, "ok": true})
@@ -463,6 +479,7 @@ fn main() {
         fds: Vec::new(),
         tcp: Vec::new(),
         udp: Vec::new(),
+        unix: Vec::new(),
     };
     for step in steps {
         run_step(&mut st, step);
