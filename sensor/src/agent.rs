@@ -280,7 +280,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     .await;
 
-    // Drain what the kernel already wrote, then report and detach.
+    // Detach first, so nothing is written after the last drain: the final counters then
+    // account for every record (emitted = decoded + dropped). The maps we took stay alive.
+    drop(attached);
+    tracing::info!("programs detached");
     stop.store(true, Ordering::Release);
     while let Some(batch) = rx.recv().await {
         handle_batch(&mut pipeline, batch)?;
@@ -288,8 +291,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = drain.join();
     pipeline.flush_pending()?;
     pipeline.stats(true)?;
-    drop(attached);
-    tracing::info!("programs detached");
     result
 }
 
