@@ -306,9 +306,8 @@ impl Sensor {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
+        let mut child =
+            spawn_retrying(&mut cmd).unwrap_or_else(|e| panic!("spawning {}: {e}", bin.display()));
         let pid = child.id();
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -799,8 +798,7 @@ pub fn spawn_actor<S: AsRef<OsStr>>(args: &[S]) -> Actor {
 impl Actor {
     /// Spawns a command made by [`actor_command`] (stdin and stdout must be piped).
     pub fn from_command(mut cmd: Command) -> Actor {
-        let mut child = cmd
-            .spawn()
+        let mut child = spawn_retrying(&mut cmd)
             .unwrap_or_else(|e| panic!("spawning {:?}: {e}", cmd.get_program()));
         let stdout = child.stdout.take().expect("actor stdout must be piped");
         let stdin = child.stdin.take();
@@ -963,14 +961,29 @@ pub struct RunOutput {
     pub stderr: String,
 }
 
+/// Spawns `cmd`, retrying on `ETXTBSY`: a binary or script this test process just wrote can be
+/// briefly held open for writing by a child another test thread is forking (the fd is
+/// close-on-exec, but only after that child's exec).
+pub fn spawn_retrying(cmd: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut attempts = 0;
+    loop {
+        match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs `cmd` (stdin null, outputs captured) and waits up to `timeout`, then kills it and panics.
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> RunOutput {
     let timeout = scaled(timeout);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
+    let mut child = spawn_retrying(&mut cmd)
         .unwrap_or_else(|e| panic!("spawning {:?}: {e}", cmd.get_program()));
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
