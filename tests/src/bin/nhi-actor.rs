@@ -145,6 +145,20 @@ fn errno() -> std::io::Error {
     std::io::Error::last_os_error()
 }
 
+/// The step line of an open: keeps the fd for later steps and reports it, or the error.
+fn opened(st: &mut State, base: Value, r: std::io::Result<i32>) -> Value {
+    match r {
+        Ok(fd) => {
+            st.fds.push(fd);
+            let mut v = base;
+            v["ok"] = json!(true);
+            v["fd"] = json!(fd);
+            v
+        }
+        Err(e) => with_err(base, &e),
+    }
+}
+
 /// Adds `"errno"` and `"error"` to a step line.
 fn with_err(mut v: Value, e: &std::io::Error) -> Value {
     v["ok"] = json!(false);
@@ -264,32 +278,12 @@ fn run_step(st: &mut State, step: Step) {
             });
             simple(base, r)
         }
-        Step::Open(p) => {
-            let base = json!({"step": "open", "path": lossy(&p)});
-            match open_ro(&p) {
-                Ok(fd) => {
-                    st.fds.push(fd);
-                    let mut v = base;
-                    v["ok"] = json!(true);
-                    v["fd"] = json!(fd);
-                    v
-                }
-                Err(e) => with_err(base, &e),
-            }
-        }
-        Step::OpenNonblock(p) => {
-            let base = json!({"step": "open-nonblock", "path": lossy(&p)});
-            match open_flags(&p, libc::O_RDONLY | libc::O_NONBLOCK) {
-                Ok(fd) => {
-                    st.fds.push(fd);
-                    let mut v = base;
-                    v["ok"] = json!(true);
-                    v["fd"] = json!(fd);
-                    v
-                }
-                Err(e) => with_err(base, &e),
-            }
-        }
+        Step::Open(p) => opened(st, json!({"step": "open", "path": lossy(&p)}), open_ro(&p)),
+        Step::OpenNonblock(p) => opened(
+            st,
+            json!({"step": "open-nonblock", "path": lossy(&p)}),
+            open_flags(&p, libc::O_RDONLY | libc::O_NONBLOCK),
+        ),
         Step::JoinCgroup(dir) => {
             let base = json!({"step": "join-cgroup", "dir": lossy(&dir)});
             let mut procs = std::path::PathBuf::from(&dir);
