@@ -60,10 +60,11 @@ mod tests {
     };
 
     use super::v1::{
-        self, Ack, Ancestor, CloseReason, CredChange, CredSyscall, Credentials, Device, Direction,
-        Errno, Event, EventBatch, EventKind, Exec, Exit, FileAccess, FileClose, FileMatch,
-        FileOpen, FilePath, Fork, KernelStats, Namespaces, Network, NetworkProtocol, NetworkResult,
-        Process, SensorIdentity, SensorStats, SocketAddress, StringList, SubscribeRequest,
+        self, Ack, Ancestor, CloseReason, CredChange, CredSyscall, CredentialEndpoint,
+        CredentialVar, Credentials, Device, Direction, Errno, Event, EventBatch, EventKind, Exec,
+        Exit, FileAccess, FileClose, FileMatch, FileOpen, FilePath, Fork, KernelStats, Loss,
+        LossReason, Namespaces, Network, NetworkProtocol, NetworkResult, Process, SensorIdentity,
+        SensorStats, SocketAddress, SpoolStats, StringList, SubscribeRequest, UnixConnect,
         event::Payload,
     };
 
@@ -277,6 +278,12 @@ mod tests {
                     argv: vec!["/bin/sh".into(), "./backup.sh".into()],
                     argv_truncated: true,
                     old_pid: 4242,
+                    credential_env: vec![CredentialVar {
+                        name: "AWS_SECRET_ACCESS_KEY".into(),
+                        fingerprint: "hmac-sha256:00ff".into(),
+                        value: None,
+                    }],
+                    env_truncated: false,
                 }),
             ),
             event(
@@ -327,6 +334,43 @@ mod tests {
                     decoded: 9_994,
                     decode_errors: 0,
                     r#final: true,
+                    filtered_in_userspace: 2,
+                    orphan_results: 0,
+                    processes_tracked: 312,
+                    spool: Some(SpoolStats {
+                        bytes: 4096,
+                        unacked: 3,
+                        acked: 9,
+                        evicted: 0,
+                        corrupt: 0,
+                    }),
+                }),
+            ),
+            event(
+                13,
+                EventKind::NetworkUnixConnect,
+                Payload::Unix(UnixConnect {
+                    path: Some(FilePath {
+                        text: "/run/spire/sockets/agent.sock".into(),
+                        raw: Vec::new(),
+                    }),
+                    r#abstract: false,
+                    result: "connected".into(),
+                    error: None,
+                    endpoint: Some(CredentialEndpoint {
+                        kind: "spiffe_workload_api".into(),
+                        service: "spire_agent".into(),
+                    }),
+                }),
+            ),
+            event(
+                14,
+                EventKind::SensorLoss,
+                Payload::Loss(Loss {
+                    reason: LossReason::SpoolFull as i32,
+                    first_sequence: 14,
+                    last_sequence: 20,
+                    count: 7,
                 }),
             ),
         ]
@@ -352,12 +396,14 @@ mod tests {
                 Payload::FileClose(_) => "file_close",
                 Payload::Network(_) => "network",
                 Payload::Stats(_) => "stats",
+                Payload::Unix(_) => "unix",
+                Payload::Loss(_) => "loss",
             };
             payloads_seen.insert(name);
         }
         assert_eq!(
             payloads_seen.len(),
-            8,
+            10,
             "one event per payload: {payloads_seen:?}"
         );
 

@@ -23,7 +23,7 @@ use tokio::{
 
 use crate::{
     btf_offsets,
-    cli::{CheckArgs, KernelArgs, RunArgs},
+    cli::{CheckArgs, KernelArgs, OutputFormat, RunArgs},
     config::ConfigFile,
     credentials::{catalogue, classify::Classifier},
     decode::{self, DecodeError, KernelEvent},
@@ -158,7 +158,12 @@ fn spawn_drain(
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let RunArgs {
-        format: _,
+        format,
+        export,
+        store,
+        ocsf_out,
+        drain_timeout,
+        metrics_addr,
         watch,
         watch_name,
         no_default_rules,
@@ -206,7 +211,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let key = Arc::new(FingerprintKey::load_or_create(&fingerprint_key_file)?);
 
     // Processes that started before us: known before the first event is processed.
-    let mut table = ProcessTable::new(boot_id);
+    let mut table = ProcessTable::new(boot_id.clone());
     table.load_snapshots(procfs::scan_processes());
     tracing::info!(processes = table.len(), "initial /proc scan done");
 
@@ -220,6 +225,48 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let counters_map: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(attached.ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
     let cgroups = procfs::CgroupPaths::new(procfs::cgroup2_root()?);
+
+    // Where events go: a remote collector, or one started here on the local store.
+    let mut embedded_metrics = None;
+    let endpoint = match &export.collector {
+        Some(url) => crate::transport::client_endpoint(url, &export.tls)?,
+        None => {
+            let running = crate::collector::start(crate::collector::CollectorArgs::embedded(
+                store.clone(),
+                ocsf_out.clone(),
+            ))
+            .await
+            .context("starting the embedded collector")?;
+            embedded_metrics = Some(running.metrics.clone());
+            crate::transport::client_endpoint(
+                &format!("http://{}", running.addr),
+                &Default::default(),
+            )?
+        }
+    };
+    let exporter = crate::export::Exporter::open(&export, &boot_id)?;
+    let shipper = crate::export::spawn(
+        endpoint,
+        exporter.spool(),
+        exporter.notifier(),
+        exporter.sensor().clone(),
+        exporter.metrics.clone(),
+    );
+    let pipeline_metrics = Arc::new(crate::status::PipelineMetrics::default());
+    let status = Arc::new(crate::status::SensorStatus {
+        pipeline: pipeline_metrics.clone(),
+        export: exporter.metrics.clone(),
+        spool: exporter.spool(),
+        embedded_collector: embedded_metrics,
+        ready: AtomicBool::new(false),
+    });
+    if let Some(addr) = metrics_addr {
+        crate::http::serve(addr, status.clone()).await?;
+    }
+    let print = match format {
+        Some(f) => f == OutputFormat::Json,
+        None => export.collector.is_none(),
+    };
 
     let stdout = std::io::stdout();
     let mut pipeline = Pipeline::new(
@@ -240,6 +287,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                     && j.chosen()
                         .is_some_and(|c| c.kind == hooks::HookKind::FEntry)
             }),
+            exporter: Some(exporter),
+            print,
+            metrics: pipeline_metrics,
         },
     );
 
@@ -253,6 +303,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let stats_every = Duration::from_secs(stats_interval);
     let mut last_stats = tokio::time::Instant::now();
+    status.ready.store(true, Ordering::Release);
     tracing::info!("sensor ready");
 
     let result: anyhow::Result<()> = async {
@@ -291,6 +342,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let _ = drain.join();
     pipeline.flush_pending()?;
     pipeline.stats(true)?;
+    shipper.shutdown(Duration::from_secs(drain_timeout)).await;
     result
 }
 

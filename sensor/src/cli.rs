@@ -37,19 +37,49 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print which hooks this kernel offers for each job and which ones the sensor chooses.
     Check(CheckArgs),
+    /// Receive events from sensors over gRPC, store them, write OCSF and serve subscribers.
+    Collector(Box<crate::collector::CollectorArgs>),
+    /// Query a store (the collector's, or `run`'s embedded one).
+    Events(crate::collector::query::EventsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     /// One JSON object per line (the documented event schema).
     Json,
+    /// Nothing on stdout (events are only shipped).
+    None,
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Event output format on stdout.
-    #[arg(long, value_enum, default_value_t = OutputFormat::Json)]
-    pub format: OutputFormat,
+    /// Event output format on stdout. Default: `json` when events stay on this host (no
+    /// `--collector`), `none` when they are shipped.
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormat>,
+
+    #[command(flatten)]
+    pub export: crate::export::ExportArgs,
+
+    /// Store directory of the embedded collector (used when no `--collector` is given):
+    /// query it with `nhi-sensor events --store DIR`.
+    #[arg(long, value_name = "DIR", default_value = crate::collector::DEFAULT_STORE)]
+    pub store: PathBuf,
+
+    /// Embedded collector: also write OCSF JSON lines to this file.
+    #[arg(long, value_name = "FILE")]
+    pub ocsf_out: Option<PathBuf>,
+
+    /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this address (e.g.
+    /// `127.0.0.1:9464`; 9464 is the customary port of a Prometheus exporter sidecar).
+    #[arg(long, value_name = "ADDR:PORT", env = "NHI_SENSOR_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// At shutdown, wait up to this many seconds for the collector to acknowledge what is
+    /// spooled (the rest is shipped at the next start). 5 s covers a healthy collector's
+    /// backlog without holding up a node drain.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub drain_timeout: u64,
 
     /// Watch files under this path prefix (repeatable). A byte prefix of the canonical absolute
     /// path: end it with `/` to mean "inside this directory".

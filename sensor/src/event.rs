@@ -316,6 +316,23 @@ pub struct Stats {
     pub processes_tracked: usize,
     #[serde(rename = "final")]
     pub is_final: bool,
+    /// The exporter's spool (when shipping to a collector).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spool: Option<SpoolStats>,
+}
+
+/// Events waiting in the exporter's spool and what it had to discard.
+#[derive(Debug, Serialize)]
+pub struct SpoolStats {
+    pub bytes: u64,
+    /// Events not yet acknowledged by the collector.
+    pub unacked: u64,
+    /// Highest sequence number the collector acknowledged.
+    pub acked: u64,
+    /// Events discarded because the spool was full (each range also sent as a loss record).
+    pub evicted: u64,
+    /// Spool records that could not be read back.
+    pub corrupt: u64,
 }
 
 /// Renders bytes as a string field: exact when valid UTF-8; otherwise lossy, with the exact bytes

@@ -4,6 +4,7 @@
 mod agent;
 mod btf_offsets;
 mod cli;
+mod collector;
 mod config;
 mod credentials;
 mod decode;
@@ -11,14 +12,19 @@ mod ebpf;
 mod endpoints;
 mod env_vars;
 mod event;
+mod export;
 mod fingerprint;
 mod hooks;
+mod http;
 mod identity;
+mod metrics;
 mod pipeline;
 mod process_table;
 mod procfs;
 mod rules;
 mod secret;
+mod status;
+mod transport;
 mod unix_sockets;
 mod workload;
 
@@ -46,15 +52,21 @@ fn main() -> std::process::ExitCode {
         eprintln!("nhi-sensor: {e:#}");
         return std::process::ExitCode::from(2);
     }
-    let result = match cli.command {
-        cli::Command::Check(args) => agent::check(&args),
-        cli::Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .thread_name("nhi-sensor")
             .build()
             .map_err(anyhow::Error::from)
-            .and_then(|rt| rt.block_on(agent::run(*args))),
+    };
+    let result = match cli.command {
+        cli::Command::Check(args) => agent::check(&args),
+        cli::Command::Run(args) => runtime().and_then(|rt| rt.block_on(agent::run(*args))),
+        cli::Command::Collector(args) => {
+            runtime().and_then(|rt| rt.block_on(collector::run(*args)))
+        }
+        cli::Command::Events(args) => collector::query::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -105,6 +105,13 @@ pub struct Pipeline<W: Write> {
     /// Our own pid: the sensor's reads of credentials (to classify them) are not events.
     own_pid: u32,
     kernel_reports_exit_closes: bool,
+    /// Ships events to a collector (or the embedded one); `None` only prints them.
+    exporter: Option<crate::export::Exporter>,
+    /// Print the JSON events on `out`.
+    print: bool,
+    /// Events emitted by kind, published to `metrics` on each tick.
+    by_kind: BTreeMap<&'static str, u64>,
+    metrics: std::sync::Arc<crate::status::PipelineMetrics>,
 }
 
 pub struct PipelineParts {
@@ -120,6 +127,9 @@ pub struct PipelineParts {
     /// The chosen file-read hook (fentry `filp_close`) reports fds closed by process exit
     /// itself; otherwise userspace reports them from the kernel's counters.
     pub kernel_reports_exit_closes: bool,
+    pub exporter: Option<crate::export::Exporter>,
+    pub print: bool,
+    pub metrics: std::sync::Arc<crate::status::PipelineMetrics>,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -135,6 +145,9 @@ impl<W: Write> Pipeline<W> {
             classifier,
             endpoints,
             kernel_reports_exit_closes,
+            exporter,
+            print,
+            metrics,
         } = parts;
         Self {
             out,
@@ -156,6 +169,10 @@ impl<W: Write> Pipeline<W> {
             endpoints,
             own_pid: std::process::id(),
             kernel_reports_exit_closes,
+            exporter,
+            print,
+            by_kind: BTreeMap::new(),
+            metrics,
         }
     }
 
@@ -168,12 +185,45 @@ impl<W: Write> Pipeline<W> {
             ev.workload = Some(w);
             ev.identity = Some(id);
         }
+        *self.by_kind.entry(ev.kind).or_default() += 1;
+        if let Some(x) = &mut self.exporter {
+            x.push(crate::export::convert::to_proto(ev));
+        }
+        if !self.print {
+            return Ok(());
+        }
         serde_json::to_writer(&mut self.out, ev)?;
         self.out.write_all(b"\n")
     }
 
     pub fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(x) = &mut self.exporter {
+            x.flush().map_err(std::io::Error::other)?;
+        }
         self.out.flush()
+    }
+
+    /// Publishes the counters for `/metrics`.
+    fn publish_metrics(&self) {
+        let mut kernel = BTreeMap::new();
+        for c in Counter::ALL {
+            let v: u64 = self
+                .counters_map
+                .get(&(c as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0);
+            kernel.insert(c.name(), (v, c.is_drop()));
+        }
+        *self.metrics.kernel.lock().expect("metrics") = kernel;
+        self.metrics
+            .events
+            .lock()
+            .expect("metrics")
+            .clone_from(&self.by_kind);
+        self.metrics
+            .decode_errors
+            .set(self.counters.decode_errors as i64);
+        self.metrics.processes.set(self.table.len() as i64);
     }
 
     pub fn decode_error(&mut self, err: &crate::decode::DecodeError) {
@@ -661,6 +711,7 @@ impl<W: Write> Pipeline<W> {
     /// Periodic work: connects whose outcome is overdue, read progress on long-lived fds,
     /// table upkeep.
     pub fn tick(&mut self, progress: bool) -> std::io::Result<()> {
+        self.publish_metrics();
         let now = Instant::now();
         let overdue: Vec<u64> = self
             .pending
@@ -796,6 +847,16 @@ impl<W: Write> Pipeline<W> {
             orphan_results: self.counters.orphan_results,
             processes_tracked: self.table.len(),
             is_final,
+            spool: self.exporter.as_ref().map(|x| {
+                let s = x.spool_stats();
+                event::SpoolStats {
+                    bytes: s.bytes,
+                    unacked: s.unacked,
+                    acked: s.acked,
+                    evicted: s.evicted,
+                    corrupt: s.corrupt,
+                }
+            }),
         });
         self.emit(&mut out)?;
         self.flush()

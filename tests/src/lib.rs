@@ -272,6 +272,9 @@ pub struct Sensor {
     pid: u32,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    /// The spool and embedded store of a `run` that was given none: private to this sensor,
+    /// removed with it.
+    _state: Option<TempDir>,
 }
 
 /// What a stopped sensor left behind.
@@ -299,8 +302,22 @@ impl Sensor {
     /// [`Sensor::start`] with an explicit binary (the harness's own tests use a fake one).
     pub fn start_bin<S: AsRef<OsStr>>(bin: &Path, args: &[S]) -> Sensor {
         let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .stdin(Stdio::null())
+        cmd.args(args);
+        let given = |flag: &str| args.iter().any(|a| a.as_ref() == OsStr::new(flag));
+        let state = (args
+            .first()
+            .is_some_and(|a| a.as_ref() == OsStr::new("run"))
+            && !given("--spool")
+            && !given("--store"))
+        .then(|| {
+            let t = TempDir::new("sensor-state");
+            cmd.arg("--spool")
+                .arg(t.join("spool"))
+                .arg("--store")
+                .arg(t.join("store"));
+            t
+        });
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if std::env::var_os("RUST_LOG").is_none() {
@@ -386,6 +403,7 @@ impl Sensor {
             pid,
             shared,
             threads: vec![t_out, t_err],
+            _state: state,
         };
         // On panic `s` is dropped, which kills the process.
         s.wait_ready(args);
@@ -574,6 +592,26 @@ impl Sensor {
     /// A snapshot of the stdout lines that were not JSON objects.
     pub fn bad_stdout(&self) -> Vec<String> {
         lock(&self.shared.st).bad_stdout.clone()
+    }
+
+    /// SIGKILLs the sensor (no shutdown of any kind) and returns what it printed.
+    pub fn kill9(mut self) -> Stopped {
+        let child = lock(&self.child).take();
+        let mut child = child.expect("sensor already reaped");
+        let _ = child.kill();
+        let status = child.wait().expect("waiting for the killed sensor");
+        if self.wait_eof(Duration::from_secs(5)) {
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+        let mut g = lock(&self.shared.st);
+        Stopped {
+            status,
+            events: std::mem::take(&mut g.events),
+            stderr: std::mem::take(&mut g.stderr),
+            bad_stdout: std::mem::take(&mut g.bad_stdout),
+        }
     }
 
     /// Sends SIGTERM and waits up to 20 s for the exit (then SIGKILLs and panics).

@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install the eBPF toolchain (nightly rust-src, LLVM 22, bpf-linker). Idempotent.
+    /// Install the eBPF toolchain (nightly rust-src, LLVM 22, bpf-linker) and the test scripts'
+    /// Python environment (`target/pyenv`). Idempotent.
     Setup,
     /// Build the release `nhi-sensor` binary (eBPF object embedded).
     Build,
@@ -40,6 +41,14 @@ enum Cmd {
     },
     /// Formatting and clippy only.
     Lint,
+    /// Write a TEST PKI (a CA; collector, sensor and subscriber certificates; an unrelated CA and
+    /// a client certificate it signed) for local use and the tests. Idempotent. Not for
+    /// production: bring your own PKI (e.g. cert-manager, SPIRE).
+    Certs {
+        /// Directory to write to (default: `target/certs` in the workspace).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The integration suite on the host kernel and, under QEMU, on every kernel of the matrix
     /// (each with the preferred hooks and with the fallbacks). One line per kernel; exits 0 only
     /// if every kernel passed.
@@ -52,6 +61,7 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let cwd = std::env::current_dir().context("reading the current directory")?;
     let root = workspace_root();
     std::env::set_current_dir(&root).context("entering the workspace root")?;
     match cli.command {
@@ -88,6 +98,9 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             lint()
         }
+        Cmd::Certs { out } => xtask::certs::generate(
+            &out.map_or_else(|| root.join("target/certs"), |dir| cwd.join(dir)),
+        ),
     }
 }
 
@@ -129,8 +142,16 @@ fn lint() -> anyhow::Result<()> {
         ))
 }
 
+/// A `cargo` command for the test suites: the tests find the Python of the test scripts
+/// (`tests/py/`, installed by `setup`) in `NHI_PYTHON`.
+fn cargo_test() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.env("NHI_PYTHON", xtask::venv_python(&workspace_root()));
+    cmd
+}
+
 fn unit_tests() -> anyhow::Result<()> {
-    run(Command::new("cargo").args([
+    run(cargo_test().args([
         "test",
         "--workspace",
         "--exclude",
@@ -138,8 +159,10 @@ fn unit_tests() -> anyhow::Result<()> {
         "--exclude",
         "nhi-sensor-tests",
     ]))?;
+    // The Python consumers (subscriber, OCSF validator) against stand-ins.
+    run(Command::new(xtask::venv_python(&workspace_root())).arg("tests/py/selftest.py"))?;
     // Actor and harness self-tests need no kernel programs.
-    run(Command::new("cargo").args([
+    run(cargo_test().args([
         "test",
         "-p",
         "nhi-sensor-tests",
@@ -193,7 +216,7 @@ fn integration_tests(
     if unsafe { libc::geteuid() } != 0 {
         bail!("the integration tests load eBPF programs: run `cargo xtask test` as root");
     }
-    let mut cmd = Command::new("cargo");
+    let mut cmd = cargo_test();
     cmd.args([
         "test",
         "-p",
@@ -202,9 +225,12 @@ fn integration_tests(
         "kernel",
         "--test",
         "identity",
-        "--",
-    ])
-    .arg("--test-threads=1");
+    ]);
+    // The pipeline (gRPC, spool, collector) does not depend on the hook family: once.
+    if disable.is_none() {
+        cmd.args(["--test", "pipeline"]);
+    }
+    cmd.arg("--").arg("--test-threads=1");
     match disable {
         Some(kinds) => cmd.env("NHI_SENSOR_DISABLE_HOOKS", kinds),
         None => cmd.env_remove("NHI_SENSOR_DISABLE_HOOKS"),

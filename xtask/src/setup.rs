@@ -1,8 +1,8 @@
-//! `cargo xtask setup`: installs what building the eBPF object needs on a fresh Debian machine.
-//! Idempotent and quiet: each step checks first and only acts (and prints) when something is
+//! `cargo xtask setup`: installs what building the eBPF object needs on a fresh Debian machine,
+//! and the Python environment of the test scripts (`target/pyenv`). Idempotent and quiet: each step checks first and only acts (and prints) when something is
 //! missing.
 
-use std::{path::Path, process::Command};
+use std::{fs, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
 
@@ -20,6 +20,7 @@ pub fn setup() -> anyhow::Result<()> {
     ensure_rust_src()?;
     ensure_apt_packages()?;
     ensure_bpf_linker()?;
+    ensure_python_env(&crate::workspace_root())?;
     Ok(())
 }
 
@@ -127,4 +128,70 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         bail!("bpf-linker was installed but is not on PATH (is ~/.cargo/bin on PATH?)");
     }
     Ok(())
+}
+
+/// The pinned Python packages of the test scripts (`tests/py/`), relative to the workspace root.
+const PY_REQUIREMENTS: &str = "tests/py/requirements.txt";
+/// Inside the venv: the hash of the requirements it was installed from.
+const PY_MARKER: &str = ".requirements-hash";
+
+/// The virtual environment of the test scripts, `target/pyenv` ([`xtask::venv_python`]), with
+/// the packages of `tests/py/requirements.txt`. pip only runs when that file changed since the
+/// last install (a hash in the venv says which was installed).
+fn ensure_python_env(root: &Path) -> anyhow::Result<()> {
+    let venv = root.join(xtask::VENV_DIR);
+    let python = xtask::venv_python(root);
+    if !cmd_ok(Command::new(&python).args(["-c", "import sys"])) {
+        create_venv(&venv)?;
+    }
+    let requirements = root.join(PY_REQUIREMENTS);
+    let text =
+        fs::read(&requirements).with_context(|| format!("reading {}", requirements.display()))?;
+    let stamp = format!("{:016x}\n", fnv1a(&text));
+    let marker = venv.join(PY_MARKER);
+    if fs::read_to_string(&marker).is_ok_and(|m| m == stamp) {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: installing the test scripts' Python packages into {}",
+        venv.display()
+    );
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "-r",
+        ])
+        .arg(&requirements))?;
+    fs::write(&marker, stamp).with_context(|| format!("writing {}", marker.display()))
+}
+
+/// `python3 -m venv` with whichever `python3` is on PATH (pyenv's, or Debian's, which needs
+/// `python3-venv` for ensurepip; installed when the first attempt fails).
+fn create_venv(venv: &Path) -> anyhow::Result<()> {
+    eprintln!("setup: creating the Python environment {}", venv.display());
+    // A venv whose interpreter is gone (e.g. its base Python was removed) cannot be repaired.
+    if venv.exists() {
+        fs::remove_dir_all(venv).with_context(|| format!("removing {}", venv.display()))?;
+    }
+    if !cmd_ok(Command::new("python3").arg("--version")) {
+        ensure_debian_packages(&["python3".to_string(), "python3-venv".to_string()])?;
+    }
+    if cmd_ok(Command::new("python3").args(["-m", "venv"]).arg(venv)) {
+        return Ok(());
+    }
+    let _ = fs::remove_dir_all(venv);
+    ensure_debian_packages(&["python3-venv".to_string()])?;
+    run(Command::new("python3").args(["-m", "venv"]).arg(venv))
+}
+
+/// 64-bit FNV-1a: a hash that is the same on every machine and Rust version, for the marker.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
