@@ -43,27 +43,39 @@ pub struct Attached {
     pub reports: Vec<hooks::JobReport>,
 }
 
-/// Fails early, naming what is missing, when this process cannot load programs.
+/// Why each capability the sensor requires is needed (README, "Least privilege").
+const REQUIRED_CAPS: &[(&str, &str)] = &[
+    ("CAP_BPF", "to load its eBPF programs and maps"),
+    (
+        "CAP_PERFMON",
+        "to attach tracing programs and read kernel memory from them",
+    ),
+    ("CAP_NET_ADMIN", "to attach its cgroup socket hooks"),
+    (
+        "CAP_DAC_READ_SEARCH",
+        "to read tracefs and the credential files other users own, to classify them",
+    ),
+    (
+        "CAP_SYS_PTRACE",
+        "to read other processes' executable, command line and environment in /proc",
+    ),
+];
+
+/// Fails early, naming each missing capability and why it is needed.
 fn check_privileges() -> anyhow::Result<()> {
     let privs = procfs::own_privileges().context("reading our own capabilities")?;
     let missing = privs.missing_for_sensor();
-    let fatal: Vec<&str> = missing
-        .iter()
-        .copied()
-        .filter(|c| matches!(*c, "CAP_BPF" | "CAP_PERFMON" | "CAP_NET_ADMIN"))
-        .collect();
-    if !fatal.is_empty() {
-        bail!(
-            "nhi-sensor needs {} to load and attach its eBPF programs (running as uid {} without \
-             them); run it as root or grant these capabilities",
-            fatal.join(", "),
-            privs.euid
-        );
-    }
     if !missing.is_empty() {
-        tracing::warn!(
-            missing = %missing.join(", "),
-            "some capabilities are missing: processes of other users may not be fully described"
+        let why: Vec<String> = REQUIRED_CAPS
+            .iter()
+            .filter(|(cap, _)| missing.contains(cap))
+            .map(|(cap, why)| format!("{cap} ({why})"))
+            .collect();
+        bail!(
+            "nhi-sensor needs {} (running as uid {} without them); run it as root or grant \
+             these capabilities",
+            why.join(", "),
+            privs.euid
         );
     }
     Ok(())
@@ -156,7 +168,60 @@ fn spawn_drain(
         .expect("spawning the ring-buffer thread")
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// The watch rules of `args` and the config file's credential patterns.
+fn build_rules(
+    args: &RunArgs,
+    file_patterns: &[crate::credentials::catalogue::Pattern],
+) -> anyhow::Result<RuleSet> {
+    let mut patterns = if args.no_default_rules {
+        Vec::new()
+    } else {
+        let mut p = catalogue::builtin();
+        p.extend(catalogue::kubelet_root_patterns(&args.kubelet_root));
+        p
+    };
+    patterns.extend(file_patterns.iter().cloned());
+    tracing::info!(patterns = patterns.len(), "credential catalogue");
+    let mut rules = RuleSet::from_args(&args.watch, &args.watch_name, patterns)?;
+    rules.sockets = crate::unix_sockets::UnixSockets::new(
+        &args.watch_socket,
+        &args.spiffe_socket,
+        !args.no_default_rules,
+    )?;
+    Ok(rules)
+}
+
+/// The `run` settings: flags and environment over the config file over defaults. Also
+/// returns the file's credential patterns.
+fn resolve(
+    matches: &clap::ArgMatches,
+) -> anyhow::Result<(RunArgs, Vec<crate::credentials::catalogue::Pattern>)> {
+    use clap::FromArgMatches as _;
+    let mut args = RunArgs::from_arg_matches(matches)?;
+    let Some(path) = args.config.clone() else {
+        return Ok((args, Vec::new()));
+    };
+    let file = ConfigFile::load(&path)?;
+    file.apply(&mut args, matches)?;
+    Ok((args, file.credential))
+}
+
+/// SIGHUP: re-reads the config file and swaps the watch rules in the kernel and the pipeline.
+fn reload<W: std::io::Write>(
+    matches: &clap::ArgMatches,
+    ebpf: &mut Ebpf,
+    pipeline: &mut Pipeline<W>,
+) -> anyhow::Result<()> {
+    let (args, patterns) = resolve(matches)?;
+    let rules = build_rules(&args, &patterns)?;
+    rules.replace(pipeline.rules(), ebpf)?;
+    pipeline.set_rules(rules);
+    Ok(())
+}
+
+pub async fn run(matches: clap::ArgMatches) -> anyhow::Result<()> {
+    let (args, file_patterns) = resolve(&matches)?;
+    let rules = build_rules(&args, &file_patterns)?;
     let RunArgs {
         format,
         export,
@@ -164,46 +229,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ocsf_out,
         drain_timeout,
         metrics_addr,
-        watch,
-        watch_name,
-        no_default_rules,
-        watch_socket,
-        spiffe_socket,
-        config,
+        watch: _,
+        watch_name: _,
+        no_default_rules: _,
+        watch_socket: _,
+        spiffe_socket: _,
+        config: _,
         kubelet_root,
         trust_domain,
         host_identity,
         fingerprint_key_file,
         mut kube_apiserver,
-        mut vault_addr,
+        vault_addr,
         kernel,
         stats_interval,
         connect_wait_ms,
     } = args;
-    let config = match &config {
-        Some(path) => ConfigFile::load(path)?,
-        None => ConfigFile::default(),
-    };
-    let ConfigFile {
-        kube_apiserver: cfg_kube,
-        vault: cfg_vault,
-        credential: cfg_patterns,
-    } = config;
-    let mut patterns = if no_default_rules {
-        Vec::new()
-    } else {
-        let mut p = catalogue::builtin();
-        p.extend(catalogue::kubelet_root_patterns(&kubelet_root));
-        p
-    };
-    patterns.extend(cfg_patterns);
-    tracing::info!(patterns = patterns.len(), "credential catalogue");
-    let mut rules = RuleSet::from_args(&watch, &watch_name, patterns)?;
-    rules.sockets =
-        crate::unix_sockets::UnixSockets::new(&watch_socket, &spiffe_socket, !no_default_rules)?;
-    kube_apiserver.extend(cfg_kube);
     kube_apiserver.extend(endpoints::kube_apiserver_from_node());
-    vault_addr.extend(cfg_vault);
     let endpoints = Endpoints::new(&kube_apiserver, &vault_addr)?;
     let boot_id = procfs::boot_id()?;
     let mut attached = attach(&kernel, &rules)?;
@@ -245,6 +287,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let exporter = crate::export::Exporter::open(&export, &boot_id)?;
+    let node_name = exporter.sensor().node_name.clone();
     let shipper = crate::export::spawn(
         endpoint,
         exporter.spool(),
@@ -279,7 +322,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             counters_map,
             connect_wait: Duration::from_millis(connect_wait_ms),
             resolver: identity::Resolver::new(kubelet_root, trust_domain, procfs::cgroup2_root()?)
-                .with_host_naming(host_identity),
+                .with_host_naming(host_identity)
+                .with_node_name(&node_name),
             classifier: Classifier::new(key),
             endpoints,
             kernel_reports_exit_closes: attached.reports.iter().any(|j| {
@@ -299,6 +343,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     // 250 ms: connect outcomes are checked for lateness at this granularity.
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let stats_every = Duration::from_secs(stats_interval);
@@ -322,6 +367,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
                         pipeline.stats(false)?;
                     }
                     pipeline.flush()?;
+                }
+                _ = sighup.recv() => {
+                    // A bad file leaves the running rules in place: say why and keep going.
+                    match reload(&matches, &mut attached.ebpf, &mut pipeline) {
+                        Ok(()) => tracing::info!("SIGHUP: watch rules reloaded"),
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; the previous rules stay"),
+                    }
                 }
                 _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break }
                 _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break }

@@ -41,6 +41,19 @@ pub enum Command {
     Collector(Box<crate::collector::CollectorArgs>),
     /// Query a store (the collector's, or `run`'s embedded one).
     Events(crate::collector::query::EventsArgs),
+    /// Config file tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file: exit 0 and a summary when valid; otherwise the error, with its
+    /// line number, and exit 1.
+    Check {
+        /// The TOML file (schema: README, "Config file").
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -106,8 +119,9 @@ pub struct RunArgs {
     #[arg(long = "spiffe-socket", value_name = "PATH")]
     pub spiffe_socket: Vec<PathBuf>,
 
-    /// Config file (TOML): extra credential patterns and credential-endpoint addresses. The
-    /// schema is documented in the README ("Config file").
+    /// Config file (TOML) with any `run` setting and extra credential patterns; flags and
+    /// environment variables override it. Schema: README, "Config file". SIGHUP reloads its
+    /// watch rules.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 

@@ -183,6 +183,15 @@ pub fn pod_identity(kubelet_root: &Path, pod_uid: &str) -> Result<KubernetesIden
 }
 
 impl Resolver {
+    /// Names host identities after `node` (the sensor's node name: `NODE_NAME` in a pod,
+    /// where the host name is the pod's) instead of the host name.
+    pub fn with_node_name(mut self, node: &str) -> Self {
+        if !node.is_empty() {
+            self.hostname = node.to_string();
+        }
+        self
+    }
+
     pub fn new(kubelet_root: PathBuf, trust_domain: String, cgroup_root: PathBuf) -> Self {
         let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())

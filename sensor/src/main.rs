@@ -28,7 +28,7 @@ mod transport;
 mod unix_sockets;
 mod workload;
 
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(cli: &cli::Cli) -> anyhow::Result<()> {
@@ -47,7 +47,8 @@ fn init_logging(cli: &cli::Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let matches = cli::Cli::command().get_matches();
+    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(e) = init_logging(&cli) {
         eprintln!("nhi-sensor: {e:#}");
         return std::process::ExitCode::from(2);
@@ -62,7 +63,14 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         cli::Command::Check(args) => agent::check(&args),
-        cli::Command::Run(args) => runtime().and_then(|rt| rt.block_on(agent::run(*args))),
+        cli::Command::Run(_) => {
+            let run = matches
+                .subcommand_matches("run")
+                .expect("the run subcommand")
+                .clone();
+            runtime().and_then(|rt| rt.block_on(agent::run(run)))
+        }
+        cli::Command::Config(cli::ConfigCommand::Check { file }) => config::check(&file),
         cli::Command::Collector(args) => {
             runtime().and_then(|rt| rt.block_on(collector::run(*args)))
         }

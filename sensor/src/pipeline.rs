@@ -203,6 +203,15 @@ impl<W: Write> Pipeline<W> {
         self.out.flush()
     }
 
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
+    }
+
+    /// Swaps the watch rules (SIGHUP); events already decoded are judged by the new ones.
+    pub fn set_rules(&mut self, rules: RuleSet) {
+        self.rules = rules;
+    }
+
     /// Publishes the counters for `/metrics`.
     fn publish_metrics(&self) {
         let mut kernel = BTreeMap::new();

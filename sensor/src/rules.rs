@@ -180,74 +180,128 @@ impl RuleSet {
     }
 
     /// Writes the rules into the kernel maps and the rule counts into `SETTINGS`.
-    pub fn install(&self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
-        self.sockets.install(ebpf)?;
-        let mut counts = [0u32; 4];
-        let rules = self.kernel_rules();
-        {
-            let mut prefixes: LpmTrie<&mut MapData, PrefixKeyData, u32> = LpmTrie::try_from(
-                ebpf.map_mut("WATCH_PREFIXES")
-                    .context("WATCH_PREFIXES map")?,
-            )?;
-            for (id, rule) in rules.iter().enumerate() {
-                if let WatchRule::Prefix(p) = rule {
+    /// The kernel map keys of these rules: (map, key bytes, LPM prefix length in bits; 0 for
+    /// the exact-name hash map), with the setting that counts them.
+    fn kernel_keys(&self) -> Vec<(&'static str, Setting, Vec<u8>, u32)> {
+        let mut keys = Vec::new();
+        for rule in self.kernel_rules() {
+            match rule {
+                WatchRule::Prefix(p) => {
                     let n = p.len().min(PREFIX_KEY_LEN);
-                    let mut data = [0u8; PREFIX_KEY_LEN];
-                    data[..n].copy_from_slice(&p[..n]);
-                    prefixes
-                        .insert(&Key::new((n * 8) as u32, data), id as u32, 0)
-                        .context("inserting a prefix rule")?;
-                    counts[Setting::PrefixRules as usize] += 1;
+                    keys.push((
+                        "WATCH_PREFIXES",
+                        Setting::PrefixRules,
+                        p[..n].to_vec(),
+                        (n * 8) as u32,
+                    ));
+                }
+                // The kernel keeps names shorter than the key; longer ones match by prefix.
+                WatchRule::Name(n) if n.len() < NAME_KEY_LEN => {
+                    keys.push(("WATCH_NAMES", Setting::NameRules, n, 0));
+                }
+                WatchRule::Name(n) | WatchRule::NamePrefix(n) => {
+                    let len = n.len().min(NAME_KEY_LEN);
+                    keys.push((
+                        "WATCH_NAME_PREFIXES",
+                        Setting::NamePrefixRules,
+                        n[..len].to_vec(),
+                        (len * 8) as u32,
+                    ));
+                }
+                WatchRule::NameSuffix(s) => {
+                    let rev: Vec<u8> = s.iter().rev().copied().collect();
+                    let len = rev.len().min(NAME_KEY_LEN);
+                    keys.push((
+                        "WATCH_NAME_SUFFIXES",
+                        Setting::NameSuffixRules,
+                        rev[..len].to_vec(),
+                        (len * 8) as u32,
+                    ));
                 }
             }
         }
-        {
-            let mut names: HashMap<&mut MapData, NameKeyData, u32> =
-                HashMap::try_from(ebpf.map_mut("WATCH_NAMES").context("WATCH_NAMES map")?)?;
-            for (id, rule) in rules.iter().enumerate() {
-                if let WatchRule::Name(n) = rule {
-                    if n.len() >= NAME_KEY_LEN {
-                        // The kernel keeps names shorter than the key; match it by prefix.
-                        continue;
-                    }
-                    names
-                        .insert(name_key(n), id as u32, 0)
-                        .context("inserting a name rule")?;
-                    counts[Setting::NameRules as usize] += 1;
-                }
+        keys.sort_by(|a, b| (a.0, &a.2, a.3).cmp(&(b.0, &b.2, b.3)));
+        keys.dedup_by(|a, b| (a.0, &a.2, a.3) == (b.0, &b.2, b.3));
+        keys
+    }
+
+    /// Inserts (`insert`) or deletes one key.
+    fn update_key(
+        ebpf: &mut Ebpf,
+        map: &str,
+        bytes: &[u8],
+        bits: u32,
+        insert: bool,
+    ) -> anyhow::Result<()> {
+        let m = ebpf.map_mut(map).with_context(|| format!("{map} map"))?;
+        if map == "WATCH_NAMES" {
+            let mut names: HashMap<&mut MapData, NameKeyData, u32> = HashMap::try_from(m)?;
+            let key = name_key(bytes);
+            if insert {
+                names.insert(key, 1, 0).context("inserting a name rule")?;
+            } else {
+                names.remove(&key).context("removing a name rule")?;
             }
-        }
-        for (map, setting, reversed) in [
-            ("WATCH_NAME_PREFIXES", Setting::NamePrefixRules, false),
-            ("WATCH_NAME_SUFFIXES", Setting::NameSuffixRules, true),
-        ] {
-            let mut trie: LpmTrie<&mut MapData, NameKeyData, u32> =
-                LpmTrie::try_from(ebpf.map_mut(map).with_context(|| format!("{map} map"))?)?;
-            for (id, rule) in rules.iter().enumerate() {
-                let key_bytes: Vec<u8> = match (rule, reversed) {
-                    (WatchRule::NamePrefix(p), false) => p.clone(),
-                    (WatchRule::Name(n), false) if n.len() >= NAME_KEY_LEN => n.clone(),
-                    (WatchRule::NameSuffix(s), true) => s.iter().rev().copied().collect(),
-                    _ => continue,
-                };
-                let n = key_bytes.len().min(NAME_KEY_LEN);
-                let mut data = [0u8; NAME_KEY_LEN];
-                data[..n].copy_from_slice(&key_bytes[..n]);
-                trie.insert(&Key::new((n * 8) as u32, data), id as u32, 0)
+        } else if map == "WATCH_PREFIXES" {
+            let mut trie: LpmTrie<&mut MapData, PrefixKeyData, u32> = LpmTrie::try_from(m)?;
+            let mut data = [0u8; PREFIX_KEY_LEN];
+            data[..bytes.len()].copy_from_slice(bytes);
+            let key = Key::new(bits, data);
+            if insert {
+                trie.insert(&key, 1, 0).context("inserting a prefix rule")?;
+            } else {
+                trie.remove(&key).context("removing a prefix rule")?;
+            }
+        } else {
+            let mut trie: LpmTrie<&mut MapData, NameKeyData, u32> = LpmTrie::try_from(m)?;
+            let mut data = [0u8; NAME_KEY_LEN];
+            data[..bytes.len()].copy_from_slice(bytes);
+            let key = Key::new(bits, data);
+            if insert {
+                trie.insert(&key, 1, 0)
                     .with_context(|| format!("inserting into {map}"))?;
-                counts[setting as usize] += 1;
+            } else {
+                trie.remove(&key)
+                    .with_context(|| format!("removing from {map}"))?;
             }
+        }
+        Ok(())
+    }
+
+    pub fn install(&self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+        self.replace(&RuleSet::default(), ebpf)
+    }
+
+    /// Moves the kernel from `old`'s rules to these, without a moment in which a rule both
+    /// share is missing: new keys are inserted first, then the counts updated, then the keys
+    /// only `old` had are removed (SIGHUP reload).
+    pub fn replace(&self, old: &RuleSet, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+        self.sockets.replace(&old.sockets, ebpf)?;
+        let keys = self.kernel_keys();
+        let mut counts = [0u32; 4];
+        for (map, setting, bytes, bits) in &keys {
+            Self::update_key(ebpf, map, bytes, *bits, true)?;
+            counts[*setting as usize] += 1;
         }
         let mut settings: Array<&mut MapData, u32> =
             Array::try_from(ebpf.map_mut("SETTINGS").context("SETTINGS map")?)?;
         for (i, c) in counts.iter().enumerate() {
             settings.set(i as u32, c, 0)?;
         }
+        let mut removed = 0;
+        let kept = |k: &(&str, Setting, Vec<u8>, u32)| {
+            keys.iter().any(|n| (n.0, &n.2, n.3) == (k.0, &k.2, k.3))
+        };
+        for stale in old.kernel_keys().iter().filter(|k| !kept(k)) {
+            Self::update_key(ebpf, stale.0, &stale.2, stale.3, false)?;
+            removed += 1;
+        }
         tracing::info!(
             prefixes = counts[0],
             names = counts[1],
             name_prefixes = counts[2],
             name_suffixes = counts[3],
+            removed,
             "watch rules loaded into the kernel"
         );
         Ok(())

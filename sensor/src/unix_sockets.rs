@@ -112,15 +112,27 @@ impl UnixSockets {
     }
 
     /// Loads the paths into `WATCH_SOCKETS` and their count into `SETTINGS`.
-    pub fn install(&self, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    /// Loads these sockets into the kernel in place of `old`'s (inserting before removing).
+    pub fn replace(&self, old: &UnixSockets, ebpf: &mut Ebpf) -> anyhow::Result<()> {
+        let key_of = |path: &[u8]| {
+            let mut key = [0u8; UNIX_PATH_LEN];
+            key[..path.len()].copy_from_slice(path);
+            key
+        };
         {
             let mut map: HashMap<&mut MapData, UnixPathKey, u32> =
                 HashMap::try_from(ebpf.map_mut("WATCH_SOCKETS").context("WATCH_SOCKETS map")?)?;
             for (id, w) in self.sockets.iter().enumerate() {
-                let mut key = [0u8; UNIX_PATH_LEN];
-                key[..w.path.len()].copy_from_slice(&w.path);
-                map.insert(key, id as u32, 0)
+                map.insert(key_of(&w.path), id as u32, 0)
                     .context("inserting a watched Unix socket")?;
+            }
+            for w in old
+                .sockets
+                .iter()
+                .filter(|o| !self.sockets.iter().any(|n| n.path == o.path))
+            {
+                map.remove(&key_of(&w.path))
+                    .context("removing a watched Unix socket")?;
             }
         }
         let mut settings: Array<&mut MapData, u32> =

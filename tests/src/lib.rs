@@ -22,6 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+pub mod shipping;
+
 /// Default bound for waiting on one event or one actor step.
 pub const WAIT: Duration = Duration::from_secs(10);
 /// How long [`Sensor::start`] waits for the `sensor ready` log line.

@@ -10,293 +10,26 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, MutexGuard},
+    process::{Command, Stdio},
+    sync::MutexGuard,
     time::{Duration, Instant},
 };
 
 use nhi_proto::v1 as pb;
 use nhi_sensor_tests::{
-    Sensor, TempDir, WAIT, get_str, get_u64, is_kind, run_with_timeout, scaled, sensor_bin,
-    spawn_actor, watch_arg, workspace_root,
+    TempDir, WAIT, get_str, get_u64, is_kind, run_with_timeout, scaled,
+    shipping::{
+        Collector, assert_exactly_once, certs, file_events_for, free_port, http_get, metric,
+        ocsf_lines, ok_step, poll, python, query, ship_args, start_sensor, stored, streams,
+        uid_seq,
+    },
+    spawn_actor, workspace_root,
 };
 use serde_json::Value;
 
 fn setup(test: &str) -> Option<MutexGuard<'static, ()>> {
     nhi_sensor_tests::init_actor_bin!();
     nhi_sensor_tests::serial_root_test(test)
-}
-
-/// The test PKI (`cargo xtask certs`), made once per test process.
-fn certs() -> PathBuf {
-    let dir = workspace_root().join("target/certs");
-    xtask::certs::generate(&dir).expect("generating the test PKI");
-    dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// `nhi-sensor collector` as a separate process, restartable on the same port and store.
-struct Collector {
-    child: Option<Child>,
-    args: Vec<String>,
-    port: u16,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Collector {
-    /// mTLS collector on a fresh port with its store and OCSF output in `dir`.
-    fn start(dir: &Path, extra: &[&str]) -> Collector {
-        let c = certs();
-        let port = free_port();
-        let mut args: Vec<String> = vec![
-            "collector".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--store".into(),
-            dir.join("store").display().to_string(),
-            "--ocsf-out".into(),
-            dir.join("ocsf.jsonl").display().to_string(),
-            "--tls-cert".into(),
-            c.join("collector.pem").display().to_string(),
-            "--tls-key".into(),
-            c.join("collector.key").display().to_string(),
-            "--client-ca".into(),
-            c.join("ca.pem").display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let mut col = Collector {
-            child: None,
-            args,
-            port,
-            log: Default::default(),
-        };
-        col.spawn();
-        col
-    }
-
-    fn spawn(&mut self) {
-        let mut child = nhi_sensor_tests::spawn_retrying(
-            Command::new(sensor_bin())
-                .args(&self.args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        )
-        .expect("spawning the collector");
-        let stderr = child.stderr.take().expect("piped");
-        let log = self.log.clone();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[collector] {line}");
-                if line.contains("collector listening") {
-                    let _ = tx.send(());
-                }
-                log.lock().unwrap().push(line);
-            }
-        });
-        if rx.recv_timeout(scaled(Duration::from_secs(30))).is_err() {
-            let _ = child.kill();
-            panic!(
-                "the collector did not start: {:?}",
-                self.log.lock().unwrap()
-            );
-        }
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://localhost:{}", self.port)
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-/// Sensor arguments that ship to `col` with mutual TLS.
-fn ship_args(col: &Collector, spool: &Path) -> Vec<String> {
-    let c = certs();
-    vec![
-        "--collector".into(),
-        col.url(),
-        "--collector-ca".into(),
-        c.join("ca.pem").display().to_string(),
-        "--tls-cert".into(),
-        c.join("sensor.pem").display().to_string(),
-        "--tls-key".into(),
-        c.join("sensor.key").display().to_string(),
-        "--spool".into(),
-        spool.display().to_string(),
-        "--sensor-id".into(),
-        "test-sensor".into(),
-    ]
-}
-
-fn start_sensor(watch: &Path, args: &[String], extra: &[&str]) -> Sensor {
-    let mut all: Vec<String> = vec![
-        "run".into(),
-        "--format".into(),
-        "json".into(),
-        "--stats-interval".into(),
-        "1".into(),
-        "--watch".into(),
-        watch_arg(watch),
-    ];
-    all.extend(args.iter().cloned());
-    all.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-    Sensor::start(&refs)
-}
-
-fn query(store: &Path, args: &[&str]) -> String {
-    let mut cmd = Command::new(sensor_bin());
-    cmd.arg("events").arg("--store").arg(store).args(args);
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "nhi-sensor events failed: {}",
-        out.stderr
-    );
-    out.stdout
-}
-
-/// The store's OCSF events (all of them, oldest first).
-fn stored(store: &Path) -> Vec<Value> {
-    query(store, &["--format", "json", "--limit", "0"])
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("OCSF JSON line"))
-        .collect()
-}
-
-fn streams(store: &Path) -> Vec<Value> {
-    serde_json::from_str(&query(store, &["--streams"])).expect("streams JSON")
-}
-
-/// The OCSF lines of `file` and of its rotated predecessors (`FILE.N` ... `FILE.1`), oldest
-/// first.
-fn ocsf_lines(file: &Path) -> Vec<Value> {
-    let mut files: Vec<PathBuf> = (1..=50)
-        .rev()
-        .map(|n| PathBuf::from(format!("{}.{n}", file.display())))
-        .collect();
-    files.push(file.to_path_buf());
-    let mut out = Vec::new();
-    for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else {
-            continue;
-        };
-        out.extend(
-            text.lines().map(|l| {
-                serde_json::from_str(l).unwrap_or_else(|e| panic!("OCSF line {l:?}: {e}"))
-            }),
-        );
-    }
-    out
-}
-
-fn uid_seq(v: &Value) -> (String, u64) {
-    let uid = get_str(v, "metadata.uid").expect("metadata.uid");
-    let (stream, seq) = uid.rsplit_once(':').expect("sensor:stream:seq");
-    (stream.to_string(), seq.parse().expect("numeric sequence"))
-}
-
-/// Polls `f` until it returns `Some`, for up to `timeout` (scaled).
-fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + scaled(timeout);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// OCSF events about `path` (file activity).
-fn file_events_for<'a>(events: &'a [Value], path: &str, activity: u64) -> Vec<&'a Value> {
-    events
-        .iter()
-        .filter(|e| {
-            get_u64(e, "class_uid") == Some(1001)
-                && get_u64(e, "activity_id") == Some(activity)
-                && get_str(e, "file.path") == Some(path)
-        })
-        .collect()
-}
-
-/// Asserts one stream delivered exactly once: the stored sequence numbers are 1..=durable
-/// with no duplicate, except the ranges loss records declare; returns the stream row.
-fn assert_exactly_once(store: &Path, events: &[Value]) -> Value {
-    let rows = streams(store);
-    assert_eq!(rows.len(), 1, "one sensor stream expected: {rows:?}");
-    let row = rows[0].clone();
-    let durable = get_u64(&row, "durable").unwrap();
-    let mut seen = BTreeSet::new();
-    let mut declared_lost = BTreeSet::new();
-    for e in events {
-        let (_, seq) = uid_seq(e);
-        assert!(seen.insert(seq), "sequence {seq} stored twice");
-        if let Some(first) = get_u64(e, "unmapped.loss.first_sequence") {
-            let last = get_u64(e, "unmapped.loss.last_sequence").unwrap();
-            declared_lost.extend(first + 1..=last);
-        }
-    }
-    for seq in 1..=durable {
-        assert!(
-            seen.contains(&seq) || declared_lost.contains(&seq),
-            "sequence {seq} neither stored nor declared lost (durable {durable})"
-        );
-    }
-    assert_eq!(seen.len() as u64, get_u64(&row, "stored").unwrap());
-    assert_eq!(get_u64(&row, "gaps"), Some(0), "unexplained gaps: {row}");
-    row
-}
-
-/// Reads the actor's steps up to `name` and asserts that one succeeded.
-fn ok_step(actor: &mut nhi_sensor_tests::Actor, name: &str) {
-    let v = actor.step_until(name);
-    assert_eq!(
-        v["ok"],
-        Value::Bool(true),
-        "nhi-actor step {name} failed: {v}"
-    );
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("NHI_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| xtask::venv_python(&workspace_root()))
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} not in:\n{text}"))
 }
 
 /// Real kernel events reach the collector over mTLS, land in its store and OCSF output (every
@@ -824,4 +557,82 @@ fn hostile_clients_are_refused_while_a_sensor_keeps_flowing() {
             .all(|r| get_str(r, "sensor_id") == Some("test-sensor")),
         "{rows:?}"
     );
+}
+
+/// A subscriber that does not read never slows ingest: the store takes every event while it
+/// sleeps, and when it reads again it is told, with a loss notice, how many it skipped.
+#[test]
+fn slow_subscriber_is_told_what_it_missed_and_never_slows_ingest() {
+    let Some(_g) = setup("slow_subscriber_is_told_what_it_missed_and_never_slows_ingest") else {
+        return;
+    };
+    const OPENS: usize = 3_000;
+    let dir = TempDir::new("pipe-slow-sub");
+    let watched = dir.mkdir("watched");
+    let key = dir.write("watched/token", b"k");
+    let key_s = key.to_str().unwrap().to_string();
+    let col = Collector::start(dir.path(), &["--subscriber-buffer", "64"]);
+    let sensor = start_sensor(&watched, &ship_args(&col, &dir.join("spool")), &[]);
+    let c = certs();
+    let pem = |f: &str| std::fs::read(c.join(f)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut feed = rt.block_on(async {
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem("ca.pem")))
+            .identity(tonic::transport::Identity::from_pem(
+                pem("subscriber.pem"),
+                pem("subscriber.key"),
+            ))
+            .domain_name("localhost");
+        let ch = tonic::transport::Endpoint::from_shared(col.url())
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+            .connect()
+            .await
+            .expect("subscriber connects");
+        pb::subscriptions_client::SubscriptionsClient::new(ch)
+            .subscribe(pb::SubscribeRequest::default())
+            .await
+            .expect("subscribe")
+            .into_inner()
+    });
+    // The subscriber sleeps while the burst is ingested.
+    let mut actor = spawn_actor(&["--open-loop", &key_s, &OPENS.to_string()]);
+    ok_step(&mut actor, "open-loop");
+    drop(actor);
+    let store = dir.join("store");
+    poll("the whole burst stored", Duration::from_secs(120), || {
+        (file_events_for(&stored(&store), &key_s, 14).len() >= OPENS).then_some(())
+    });
+    // Now it reads: a loss notice says how many it skipped.
+    let (received, missed) = rt.block_on(async {
+        let (mut received, mut missed) = (0u64, 0u64);
+        // The sensor's periodic stats keep the feed going: stop once the burst is accounted
+        // for, or after a bound.
+        let deadline = tokio::time::Instant::now() + scaled(Duration::from_secs(60));
+        while received + missed < 2 * OPENS as u64 || missed == 0 {
+            let Ok(Ok(Some(ev))) = tokio::time::timeout_at(deadline, feed.message()).await else {
+                break;
+            };
+            match ev.payload {
+                Some(pb::event::Payload::Loss(l))
+                    if l.reason == pb::LossReason::SubscriberLagged as i32 =>
+                {
+                    missed += l.count
+                }
+                _ => received += 1,
+            }
+        }
+        (received, missed)
+    });
+    assert!(missed > 0, "no loss notice (received {received})");
+    assert!(
+        received + missed >= 2 * OPENS as u64,
+        "received {received} + missed {missed} must cover the burst"
+    );
+    sensor.stop().assert_clean();
 }

@@ -1,6 +1,8 @@
 //! Project automation: `cargo xtask <command>`. Every command that needs the eBPF toolchain runs
 //! `setup` first, so the README's two commands work on a fresh machine.
 
+mod bench;
+mod deploy;
 mod kernels;
 mod setup;
 
@@ -57,6 +59,24 @@ enum Cmd {
         #[arg(long)]
         filter: Option<String>,
     },
+    /// Overhead benchmark: each workload without and with the sensor, interleaved; saturation,
+    /// footprint and per-program costs. Writes `report.json` and `REPORT.md`. Never fails on a
+    /// number, only when the harness breaks. Needs root.
+    Bench {
+        /// One short round per workload (seconds, not minutes): checks the harness (CI).
+        #[arg(long)]
+        smoke: bool,
+        /// Report directory (default: `bench/` in the workspace).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The Kafka sink's test against a real Kafka-protocol broker (builds tansu once, ~20 min).
+    TestKafka,
+    /// deploy-check, then the .deb built and installed (`dpkg -i`) and checked here.
+    DeployCi,
+    /// `deploy-check` and `deb` (deploy/: manifests, units, Debian package).
+    #[command(flatten)]
+    Deploy(deploy::Cmd),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -87,7 +107,29 @@ fn main() -> anyhow::Result<()> {
             lint()?;
             unit_tests()?;
             build_release()?;
+            // Not yet here, until verified on a fresh CI machine: `cargo xtask deploy-check`,
+            // `cargo xtask deb --install-test`, `cargo xtask test-kafka`, `cargo xtask bench
+            // --smoke` (each runs on its own).
             matrix(&root, filter.as_deref())
+        }
+        Cmd::TestKafka => {
+            setup::setup()?;
+            setup::ensure_tansu()?;
+            build_release()?;
+            run(cargo_test().args([
+                "test",
+                "-p",
+                "nhi-sensor-tests",
+                "--test",
+                "kafka",
+                "--",
+                "--test-threads=1",
+            ]))
+        }
+        Cmd::DeployCi => {
+            setup::setup()?;
+            build_release()?;
+            deploy::ci(&root)
         }
         Cmd::TestKernels { filter } => {
             setup::setup()?;
@@ -98,9 +140,19 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             lint()
         }
+        Cmd::Bench { smoke, out } => {
+            setup::setup()?;
+            build_release()?;
+            bench::run(
+                &root,
+                &out.map_or_else(|| root.join("bench"), |dir| cwd.join(dir)),
+                smoke,
+            )
+        }
         Cmd::Certs { out } => xtask::certs::generate(
             &out.map_or_else(|| root.join("target/certs"), |dir| cwd.join(dir)),
         ),
+        Cmd::Deploy(cmd) => deploy::main(&root, cmd),
     }
 }
 
@@ -226,9 +278,10 @@ fn integration_tests(
         "--test",
         "identity",
     ]);
-    // The pipeline (gRPC, spool, collector) does not depend on the hook family: once.
+    // The pipeline (gRPC, spool, collector, its Kafka sink) does not depend on the hook
+    // family: once.
     if disable.is_none() {
-        cmd.args(["--test", "pipeline"]);
+        cmd.args(["--test", "pipeline", "--test", "operations"]);
     }
     cmd.arg("--").arg("--test-threads=1");
     match disable {

@@ -74,6 +74,8 @@ fn ensure_apt_packages() -> anyhow::Result<()> {
         // Credential fixtures in the identity tests: SSH key pairs and X.509 certificates.
         "openssh-client".to_string(),
         "openssl".to_string(),
+        // The collector's Kafka sink: TLS/SASL to the brokers through librdkafka.
+        "libssl-dev".to_string(),
     ])
 }
 
@@ -126,6 +128,37 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         ]))?;
     if !cmd_ok(Command::new("bpf-linker").arg("--version")) {
         bail!("bpf-linker was installed but is not on PATH (is ~/.cargo/bin on PATH?)");
+    }
+    Ok(())
+}
+
+/// The Kafka-compatible broker of the Kafka sink's test (`tests/tests/kafka.rs`), pinned.
+const TANSU_VERSION: &str = "0.6.0";
+
+/// Installs tansu with its SQLite storage engine (`libsql`; the default features have none)
+/// unless `tansu --version` already says [`TANSU_VERSION`]. A long build, once: about 40
+/// CPU-minutes (20 minutes on two idle cores).
+pub fn ensure_tansu() -> anyhow::Result<()> {
+    if let Ok(out) = Command::new("tansu").arg("--version").output()
+        && out.status.success()
+        && String::from_utf8_lossy(&out.stdout).contains(TANSU_VERSION)
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: building the tansu {TANSU_VERSION} Kafka broker for the Kafka sink's test (about 20 minutes)"
+    );
+    run(Command::new("cargo").args([
+        "install",
+        "tansu",
+        "--version",
+        TANSU_VERSION,
+        "--locked",
+        "--features",
+        "libsql",
+    ]))?;
+    if !cmd_ok(Command::new("tansu").arg("--version")) {
+        bail!("tansu was installed but is not on PATH (is ~/.cargo/bin on PATH?)");
     }
     Ok(())
 }

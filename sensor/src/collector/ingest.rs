@@ -1,7 +1,8 @@
 //! `nhisensor.v1.Collector/Ship`: sensors' event streams in, acknowledgements out.
 //!
-//! Each batch is checked, committed to the store (which deduplicates), then handed to the
-//! hub for the live sinks, and acknowledged with the stream's durable position. Hostile or
+//! Each batch is checked, produced to Kafka when that sink is on (see [`super::kafka`] for why
+//! before the store), committed to the store (which deduplicates), then handed to the hub for
+//! the live sinks, and acknowledged with the stream's durable position. Hostile or
 //! broken clients are cut off with a status that says why; they cannot slow the others:
 //! every stream has its own task, the store commit is the only shared step, and a client
 //! that sends faster than its rate limit is simply read more slowly.
@@ -17,7 +18,12 @@ use tokio::sync::mpsc;
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{Hub, metrics::CollectorMetrics, store::Store};
+use super::{
+    Hub,
+    kafka::{KafkaSink, Record},
+    metrics::CollectorMetrics,
+    store::Store,
+};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -34,6 +40,7 @@ pub struct Ingest {
     pub hub: Arc<Hub>,
     pub limits: Limits,
     pub metrics: Arc<CollectorMetrics>,
+    pub kafka: Option<Arc<KafkaSink>>,
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::Ack, Status>> + Send>>;
@@ -174,10 +181,14 @@ impl Ingest {
                     .map_err(|e| Status::internal(e.to_string()))?
                     .map_err(|e| Status::unavailable(format!("store: {e:#}")))?
             } else {
+                let mut events = batch.events;
+                if let Some(kafka) = &self.kafka {
+                    events = self.produce(kafka, &sensor, events).await?;
+                }
                 let store = self.store.clone();
                 let s = sensor.clone();
                 let started = Instant::now();
-                let committed = tokio::task::spawn_blocking(move || store.commit(&s, batch.events))
+                let committed = tokio::task::spawn_blocking(move || store.commit(&s, events))
                     .await
                     .map_err(|e| Status::internal(e.to_string()))?
                     .map_err(|e| Status::unavailable(format!("store: {e:#}")))?;
@@ -198,6 +209,37 @@ impl Ingest {
                 .is_err()
             {
                 return Ok(()); // the client went away
+            }
+        }
+    }
+
+    /// Produces every event of a batch, duplicates of stored ones too (a batch that failed in
+    /// Kafka was not stored, but some of its events may have reached Kafka: they go again,
+    /// under the same key), and waits for the brokers' acknowledgement. Returns the events
+    /// for the store; a failure ends the stream with UNAVAILABLE, so the sensor resends.
+    async fn produce(
+        &self,
+        kafka: &KafkaSink,
+        sensor: &pb::SensorIdentity,
+        events: Vec<pb::Event>,
+    ) -> Result<Vec<pb::Event>, Status> {
+        let s = sensor.clone();
+        // OCSF mapping and JSON encoding of up to 1000 events: CPU work, off the async threads.
+        let (events, records) = tokio::task::spawn_blocking(move || {
+            let mut events = events;
+            let records: Vec<Record> = events.iter_mut().map(|ev| Record::of(&s, ev)).collect();
+            (events, records)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        match kafka.deliver(&records).await {
+            Ok(()) => {
+                self.metrics.kafka_delivered.add(records.len() as u64);
+                Ok(events)
+            }
+            Err(e) => {
+                self.metrics.kafka_failures.inc();
+                Err(Status::unavailable(format!("kafka: {e}")))
             }
         }
     }

@@ -21,6 +21,8 @@ pub struct CollectorMetrics {
     pub subscribers: Gauge,
     pub subscriber_lagged: Counter,
     pub ocsf_written: Counter,
+    pub kafka_delivered: Counter,
+    pub kafka_failures: Counter,
 }
 
 impl CollectorMetrics {
@@ -113,6 +115,18 @@ impl CollectorMetrics {
             "nhi_collector_ocsf_written_total",
             "OCSF lines written.",
             &self.ocsf_written,
+        );
+        counter(
+            out,
+            "nhi_collector_kafka_delivered_total",
+            "Events the Kafka brokers acknowledged (resent events included).",
+            &self.kafka_delivered,
+        );
+        counter(
+            out,
+            "nhi_collector_kafka_failures_total",
+            "Batches the Kafka brokers did not acknowledge in time: failed back to the sensor, which resends them.",
+            &self.kafka_failures,
         );
     }
 }

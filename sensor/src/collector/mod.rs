@@ -1,9 +1,10 @@
 //! The collector: receives sensors' event streams over gRPC, deduplicates them into the
-//! embedded store, and feeds its sinks (OCSF JSON lines, live subscribers). It runs as
+//! embedded store, and feeds its sinks (OCSF JSON lines, live subscribers, Kafka). It runs as
 //! `nhi-sensor collector`, or in-process inside `nhi-sensor run` when no collector address
 //! is given (the embedded default).
 
 mod ingest;
+pub mod kafka;
 pub mod metrics;
 pub mod ocsf;
 mod ocsf_out;
@@ -74,9 +75,16 @@ pub struct CollectorArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
 
+    #[command(flatten)]
+    pub kafka: kafka::KafkaArgs,
+
     /// Serve Prometheus `/metrics`, `/healthz` and `/readyz` on this address.
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// Events a subscriber may fall behind before it skips and is told how many it missed.
+    #[arg(long, value_name = "N", default_value_t = subscribe::SUBSCRIBER_BUFFER)]
+    pub subscriber_buffer: usize,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -135,7 +143,10 @@ impl CollectorArgs {
                 stream_idle_secs: DEFAULT_STREAM_IDLE_SECS,
                 max_streams_per_connection: DEFAULT_MAX_STREAMS_PER_CONNECTION,
             },
+            // The node-local store is the embedded collector's only destination.
+            kafka: kafka::KafkaArgs::disabled(),
             metrics_addr: None,
+            subscriber_buffer: subscribe::SUBSCRIBER_BUFFER,
         }
     }
 }
@@ -165,7 +176,11 @@ impl crate::http::Status for HttpStatus {
 pub async fn start(args: CollectorArgs) -> anyhow::Result<Running> {
     let tls = crate::transport::server_tls(&args.tls, args.listen)?;
     let store = store::Store::open(&args.store, args.store_options.store_sync_full)?;
-    let hub = Arc::new(Hub::new());
+    let kafka = kafka::KafkaSink::from_args(&args.kafka)?.map(Arc::new);
+    if let Some(k) = &kafka {
+        k.spawn_check();
+    }
+    let hub = Arc::new(Hub::new(args.subscriber_buffer.max(16)));
     let metrics = Arc::new(metrics::CollectorMetrics::default());
     if let Some(out) = &args.ocsf_out {
         ocsf_out::spawn(
@@ -189,6 +204,7 @@ pub async fn start(args: CollectorArgs) -> anyhow::Result<Running> {
             events_per_second: args.limits.max_events_per_second,
         },
         metrics: metrics.clone(),
+        kafka,
     });
     let collector = CollectorServer::new(ingest::IngestService(ingest))
         .accept_compressed(CompressionEncoding::Zstd)

@@ -24,9 +24,9 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new() -> Self {
+    pub fn new(buffer: usize) -> Self {
         Self {
-            tx: broadcast::channel(SUBSCRIBER_BUFFER).0,
+            tx: broadcast::channel(buffer).0,
             committed: Notify::new(),
         }
     }
