@@ -189,8 +189,15 @@ fn hostname() -> String {
 /// restarts and reboots, and it does not reveal the machine id.
 fn default_sensor_id() -> anyhow::Result<String> {
     use hmac::{Hmac, Mac as _};
-    let machine_id = std::fs::read_to_string("/etc/machine-id")
-        .context("reading /etc/machine-id for the sensor id (or pass --sensor-id)")?;
+    // Where systemd and D-Bus keep it; minimal images and initramfs have neither: the host
+    // name then, with a warning (pass --sensor-id to choose).
+    let machine_id = ["/etc/machine-id", "/var/lib/dbus/machine-id"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok().filter(|s| !s.trim().is_empty()))
+        .unwrap_or_else(|| {
+            tracing::warn!("no /etc/machine-id: the sensor id derives from the host name; pass --sensor-id for a stable one");
+            hostname()
+        });
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(machine_id.trim().as_bytes())
         .expect("HMAC takes any key length");
     mac.update(b"nhi-sensor/sensor-id/v1");
