@@ -696,7 +696,7 @@ fn build_deb(root: &Path, fast: bool) -> anyhow::Result<PathBuf> {
 }
 
 /// cargo-deb [`CARGO_DEB_VERSION`], installed with `cargo install --locked` when absent.
-fn ensure_cargo_deb() -> anyhow::Result<()> {
+pub(crate) fn ensure_cargo_deb() -> anyhow::Result<()> {
     let version = Command::new("cargo").args(["deb", "--version"]).output();
     if let Ok(out) = &version
         && out.status.success()

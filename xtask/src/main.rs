@@ -34,8 +34,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Everything CI checks: formatting, clippy (host and eBPF crates), unit tests, and the
-    /// integration tests that load the real programs into the running kernel (needs root).
+    /// Everything CI checks: formatting, clippy (host and eBPF crates), unit tests, the
+    /// integration tests that load the real programs into the running kernel and into QEMU
+    /// kernels, the deploy checks and the .deb install test, the Kafka test, and a benchmark
+    /// smoke run (needs root). With --filter, only the matching integration tests.
     Test {
         /// Only run the integration tests whose name contains this string.
         #[arg(long)]
@@ -70,6 +72,10 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Build the tools only the last test stages need (cargo-deb, tansu) when absent; `test`
+    /// runs this in the background.
+    #[command(hide = true)]
+    TestTools,
     /// The Kafka sink's test against a real Kafka-protocol broker (builds tansu once, ~20 min).
     TestKafka,
     /// deploy-check, then the .deb built and installed (`dpkg -i`) and checked here.
@@ -104,27 +110,49 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Test { filter } => {
             setup::setup()?;
+            let tools_log = root.join("target/test-tools.log");
+            // Only a full run needs them (a filtered run is a developer's quick loop).
+            let tools = match filter {
+                None => Some(setup::start_test_tools(&tools_log)?),
+                Some(_) => None,
+            };
             lint()?;
             unit_tests()?;
             build_release()?;
-            // Not yet here, until verified on a fresh CI machine: `cargo xtask deploy-check`,
-            // `cargo xtask deb --install-test`, `cargo xtask test-kafka`, `cargo xtask bench
-            // --smoke` (each runs on its own).
-            matrix(&root, filter.as_deref())
+            // A failing stage does not stop the later ones: one run reports everything.
+            let mut failed = Vec::new();
+            let mut stage = |name: &str, result: anyhow::Result<()>| {
+                if let Err(e) = result {
+                    eprintln!("xtask: {name} FAILED: {e:#}");
+                    failed.push(name.to_string());
+                }
+            };
+            stage("kernel matrix", matrix(&root, filter.as_deref()));
+            if let Some(tools) = tools {
+                match setup::finish_test_tools(tools, &tools_log) {
+                    Ok(()) => {
+                        stage("deploy", deploy::ci(&root));
+                        stage("kafka", kafka_test());
+                    }
+                    Err(e) => stage("test tools", Err(e)),
+                }
+                stage(
+                    "bench smoke",
+                    bench::run(&root, &root.join("target/bench-smoke"), true),
+                );
+            }
+            if !failed.is_empty() {
+                bail!("failed stages: {}", failed.join(", "));
+            }
+            println!("xtask: every stage passed");
+            Ok(())
         }
+        Cmd::TestTools => setup::test_tools(),
         Cmd::TestKafka => {
             setup::setup()?;
             setup::ensure_tansu()?;
             build_release()?;
-            run(cargo_test().args([
-                "test",
-                "-p",
-                "nhi-sensor-tests",
-                "--test",
-                "kafka",
-                "--",
-                "--test-threads=1",
-            ]))
+            kafka_test()
         }
         Cmd::DeployCi => {
             setup::setup()?;
@@ -154,6 +182,19 @@ fn main() -> anyhow::Result<()> {
         ),
         Cmd::Deploy(cmd) => deploy::main(&root, cmd),
     }
+}
+
+/// The Kafka sink's test (needs tansu, see [`setup::ensure_tansu`]).
+fn kafka_test() -> anyhow::Result<()> {
+    run(cargo_test().args([
+        "test",
+        "-p",
+        "nhi-sensor-tests",
+        "--test",
+        "kafka",
+        "--",
+        "--test-threads=1",
+    ]))
 }
 
 fn workspace_root() -> PathBuf {

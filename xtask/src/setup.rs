@@ -163,6 +163,47 @@ pub fn ensure_tansu() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The tools only the last stages of `cargo xtask test` need: cargo-deb (package test) and
+/// tansu (Kafka test). Built on a fresh machine only (about 25 minutes of CPU together).
+pub fn test_tools() -> anyhow::Result<()> {
+    crate::deploy::ensure_cargo_deb()?;
+    ensure_tansu()
+}
+
+/// Starts [`test_tools`] in a child `cargo xtask test-tools` at the lowest CPU priority, output
+/// to `log`: it builds while the kernel tests run (they leave most of a core idle) without
+/// slowing them down. Wait for it with [`finish_test_tools`] before the stages that need them.
+pub fn start_test_tools(log: &Path) -> anyhow::Result<std::process::Child> {
+    let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let exe = std::env::current_exe().context("locating the xtask binary")?;
+    Command::new("nice")
+        .args(["-n", "19"])
+        .arg(exe)
+        .arg("test-tools")
+        .stdin(std::process::Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("starting the background build of the test tools")
+}
+
+/// Waits for [`start_test_tools`]; on failure, shows the end of its log.
+pub fn finish_test_tools(mut child: std::process::Child, log: &Path) -> anyhow::Result<()> {
+    let status = child.wait().context("waiting for the test tools' build")?;
+    if !status.success() {
+        let text = fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        for line in tail.into_iter().rev() {
+            eprintln!("  | {line}");
+        }
+        bail!(
+            "building the test tools failed ({status}); full log: {}",
+            log.display()
+        );
+    }
+    Ok(())
+}
+
 /// The pinned Python packages of the test scripts (`tests/py/`), relative to the workspace root.
 const PY_REQUIREMENTS: &str = "tests/py/requirements.txt";
 /// Inside the venv: the hash of the requirements it was installed from.

@@ -95,9 +95,11 @@ pub fn probe(ctx: &Ctx) -> anyhow::Result<Probe> {
 
     let (bpf, bpf_per_op) = bpf_costs(ctx, &ours)?;
     let rss_after_load = status_kib(pid, "VmRSS")?;
+    s.settle(SETTLE_TIMEOUT)?;
     let hwm = status_kib(pid, "VmHWM")?;
     let startup = s.startup.as_secs_f64();
-    let streams = s.stop()?;
+    let stopped = s.stop()?;
+    let streams = &stopped.streams;
 
     let added = tracked - tracked_before;
     let footprint = json!({
@@ -126,6 +128,7 @@ pub fn probe(ctx: &Ctx) -> anyhow::Result<Probe> {
         },
         "sensor_peak_rss_kib": hwm,
         "other_sensors_running": others,
+        "sensor_stop": stopped.to_json(),
         "store_streams": streams.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
     });
     Ok(Probe {
@@ -147,7 +150,8 @@ fn bpf_costs(ctx: &Ctx, ours: &[u64]) -> anyhow::Result<(Value, BTreeMap<&'stati
     let mut per_prog: BTreeMap<String, (u64, u64, String)> = BTreeMap::new();
     for id in BPF_WORKLOADS {
         let s0 = kernel::prog_stats()?;
-        let dur = ctx.plan.window(id).min(Duration::from_secs(1));
+        // Enough runs for stable averages; longer windows only queue more events.
+        let dur = ctx.plan.window(id).min(Duration::from_millis(500));
         let Some(out) = measure(ctx, id, dur)? else {
             continue;
         };

@@ -250,7 +250,7 @@ fn prepare(plan: Plan, bin: PathBuf) -> anyhow::Result<Ctx> {
     })
 }
 
-/// Runs one workload once; `None` when it is skipped on this machine.
+/// Runs one workload once for about `dur`; `None` when it is skipped on this machine.
 fn measure(ctx: &Ctx, id: &str, dur: Duration) -> anyhow::Result<Option<Outcome>> {
     let exec = |rate: Option<f64>, workers: usize| {
         load::paced(workers, rate, dur, &|_| {
@@ -277,7 +277,10 @@ fn measure(ctx: &Ctx, id: &str, dur: Duration) -> anyhow::Result<Option<Outcome>
             let Ok((r, n)) = &ctx.redis else {
                 return Ok(None);
             };
-            r.benchmark(if id == "redis_set" { "set" } else { "get" }, *n)?
+            // `n` requests take about one measurement window.
+            let n =
+                ((*n as f64 * dur.as_secs_f64() / ctx.plan.measure.as_secs_f64()) as u64).max(500);
+            r.benchmark(if id == "redis_set" { "set" } else { "get" }, n)?
         }
         other => bail!("unknown workload {other}"),
     };

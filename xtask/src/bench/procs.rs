@@ -349,6 +349,32 @@ pub fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
+/// The machine's CPU time so far from `/proc/stat`: (steal, total) in ticks. Steal is time
+/// the hypervisor gave this VM's vCPUs to someone else.
+pub fn cpu_steal() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    (fields.get(7).copied().unwrap_or(0), fields.iter().sum())
+}
+
+/// Percent of CPU time stolen by the hypervisor since `since` (a [`cpu_steal`] reading).
+pub fn steal_pct(since: (u64, u64)) -> f64 {
+    let now = cpu_steal();
+    let total = now.1.saturating_sub(since.1);
+    if total == 0 {
+        0.0
+    } else {
+        100.0 * now.0.saturating_sub(since.0) as f64 / total as f64
+    }
+}
+
 /// CPU use of one process over an interval.
 pub struct CpuMeter {
     pid: u32,

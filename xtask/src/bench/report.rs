@@ -191,6 +191,7 @@ fn markdown(d: &Value) -> String {
              are noise.\n"
         );
     }
+    summary_md(&mut o, d);
     let _ = writeln!(o, "## Machine\n");
     let _ = writeln!(
         o,
@@ -224,11 +225,12 @@ fn markdown(d: &Value) -> String {
     let _ = writeln!(
         o,
         "{} round(s); in each round every workload runs for {} s **without the sensor** \
-         (baseline), then — for the workloads marked † — with an **empty BPF program** \
-         (`r0 = 0; exit`) attached to each of the {} tracepoints the sensor uses (the floor: \
-         the cost of the hook itself, which no filtering inside a program can remove), then \
-         **with the sensor** (started fresh each round, default rules plus `--watch` on the \
-         benchmark directory, embedded collector storing every event). The tables give the \
+         (baseline); then, for the workloads with a floor (†), alternating sub-windows without \
+         and with an **empty BPF program** (`r0 = 0; exit`) attached to each of the {} \
+         tracepoints the sensor uses (the floor: the cost of the hooks themselves, which no \
+         filtering inside a program can remove); then **with the sensor** (started fresh each \
+         round, default rules plus `--watch` on the benchmark directory, embedded collector \
+         storing every event). The tables give the \
          median of the rounds; *ratio* is sensor / baseline throughput. Load generators are \
          Rust threads in `cargo xtask` (open/read/close and connect loops) and spawned \
          processes (`/bin/true`, `/bin/cat`, `redis-benchmark`). Loss is checked end to end \
@@ -250,7 +252,7 @@ fn markdown(d: &Value) -> String {
     let _ = writeln!(o, "## Workloads\n");
     let _ = writeln!(
         o,
-        "| workload | unit | baseline | floor † | with sensor | ratio | goal | |"
+        "| workload | unit | baseline | with sensor | ratio (rounds: min–max) | floor † | goal | |"
     );
     let _ = writeln!(o, "|---|---|---:|---:|---:|---:|---|---|");
     let workloads = d["workloads"].as_array().cloned().unwrap_or_default();
@@ -266,29 +268,42 @@ fn markdown(d: &Value) -> String {
             );
             continue;
         }
+        let paired: Vec<f64> = w["paired_ratios"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_f64)
+            .collect();
+        let range = match (
+            paired.iter().copied().reduce(f64::min),
+            paired.iter().copied().reduce(f64::max),
+        ) {
+            (Some(lo), Some(hi)) if paired.len() > 1 => format!(" ({lo:.2}–{hi:.2})"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             o,
-            "| {}{} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {}{range} | {} | {} | {} |",
             w["title"].as_str().unwrap_or("?"),
-            if w["floor"].is_null() { "" } else { " †" },
             w["unit"].as_str().unwrap_or(""),
             num(&w["baseline"]["median"]),
-            if w["floor"].is_null() {
-                "".to_string()
-            } else {
-                format!(
-                    "{} ({})",
-                    num(&w["floor"]["median"]),
-                    num(&w["floor"]["ratio"])
-                )
-            },
             num(&w["sensor"]["median"]),
             num(&w["ratio"]),
+            match w["floor"]["ratio"].as_f64() {
+                Some(r) => format!("{r:.2} ({:+.1}% per op)", 100.0 * (1.0 / r - 1.0)),
+                None => String::new(),
+            },
             w["goal"].as_str().unwrap_or("—"),
             met(&w["met"]),
         );
     }
     let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "† Throughput with an empty program on each of the sensor's tracepoints divided by \
+         throughput without, measured in alternating sub-windows (median over the rounds): \
+         the cost of the hooks themselves.\n"
+    );
     let _ = writeln!(
         o,
         "Sensor side of each workload (medians over the rounds):\n"
@@ -338,15 +353,16 @@ fn markdown(d: &Value) -> String {
     let _ = writeln!(o, "## Sensor runs\n");
     let _ = writeln!(
         o,
-        "| round | start-up | RSS after | peak RSS | store complete (no gap, no loss) | other sensors running |"
+        "| round | start-up | SIGTERM to exit | RSS after | peak RSS | store complete (no gap, no loss) | other sensors running | CPU steal (baseline / floor / sensor pass) |"
     );
-    let _ = writeln!(o, "|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(o, "|---:|---:|---:|---:|---:|---|---|---|");
     for p in d["sensor_passes"].as_array().into_iter().flatten() {
         let _ = writeln!(
             o,
-            "| {} | {:.1} s | {} | {} | {} | {} |",
+            "| {} | {:.1} s | {} | {} | {} | {} | {} | {} / {} / {} |",
             p["round"],
             p["startup_secs"].as_f64().unwrap_or(0.0),
+            stop_text(&p["stop"]),
             mib(&p["rss_kib_after"]),
             mib(&p["peak_rss_kib"]),
             if p["store_complete"] == true {
@@ -357,10 +373,118 @@ fn markdown(d: &Value) -> String {
             match p["other_sensors_running"].as_array() {
                 Some(a) if !a.is_empty() => format!("**yes** (pids {a:?})"),
                 _ => "none".to_string(),
-            }
+            },
+            pct(&p["cpu_steal_pct"]["baseline"]),
+            pct(&p["cpu_steal_pct"]["floor"]),
+            pct(&p["cpu_steal_pct"]["sensor"])
         );
     }
     o
+}
+
+/// The overhead budget of the issue, row by row, against what was measured.
+fn summary_md(o: &mut String, d: &Value) {
+    let w = |id: &str| {
+        d["workloads"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|w| w["id"] == id))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let measured = |w: &Value| -> String {
+        if let Some(why) = w["skipped"].as_str() {
+            return format!("skipped ({})", why.replace('|', "/"));
+        }
+        let floor = w["floor"]["ratio"]
+            .as_f64()
+            .map(|r| format!("; floor (empty programs) {:.1}%", 100.0 * (1.0 / r - 1.0)))
+            .unwrap_or_default();
+        format!(
+            "{:.1}% slower per op (ratio {}){floor}",
+            w["slowdown_pct"].as_f64().unwrap_or(0.0),
+            num(&w["ratio"])
+        )
+    };
+    let _ = writeln!(o, "## Summary against the overhead budget\n");
+    let _ = writeln!(o, "| budget row | goal | measured | |");
+    let _ = writeln!(o, "|---|---|---|---|");
+    for (row, id) in [
+        ("unwatched opens", "unwatched_opens"),
+        ("watched reads, repeated by one task", "watched_reads_task"),
+    ] {
+        let w = w(id);
+        let _ = writeln!(
+            o,
+            "| {row} | {} | {} | {} |",
+            w["goal"].as_str().unwrap_or("—"),
+            measured(&w),
+            met(&w["met"])
+        );
+    }
+    let e = w("exec_1000");
+    let _ = writeln!(
+        o,
+        "| exec storm at 1,000/s | {} | {} of the baseline rate; sensor {} of one core; {} | {} |",
+        e["goal"].as_str().unwrap_or("—"),
+        e["ratio"]
+            .as_f64()
+            .map_or("—".into(), |r| format!("{:.1}%", 100.0 * r)),
+        pct(&e["sensor_cpu_pct_of_one_core"]),
+        if e["zero_loss"] == true {
+            "zero loss"
+        } else {
+            "**loss**"
+        },
+        met(&e["met"])
+    );
+    for (row, id) in [
+        ("connect storm", "connect_storm"),
+        ("redis-benchmark SET", "redis_set"),
+        ("redis-benchmark GET", "redis_get"),
+    ] {
+        let w = w(id);
+        let _ = writeln!(
+            o,
+            "| {row} | {} | {} | {} |",
+            w["goal"].as_str().unwrap_or("—"),
+            if w["skipped"].is_null() {
+                format!(
+                    "{:.1}% fewer (ratio {})",
+                    w["fewer_pct"].as_f64().unwrap_or(0.0),
+                    num(&w["ratio"])
+                )
+            } else {
+                measured(&w)
+            },
+            met(&w["met"])
+        );
+    }
+    let s = &d["saturation"];
+    let _ = writeln!(
+        o,
+        "| saturation | ≥ 200,000 events/s end to end, zero loss; ≤ 0.3 CPU-s per 100k events | {} events/s with zero loss; {} CPU-s per 100k events | {} |",
+        num(&s["zero_loss_events_per_sec"]),
+        num(&s["cpu_secs_per_100k_events"]),
+        met(&s["met"])
+    );
+    let l = &d["footprint"]["live_processes"];
+    let _ = writeln!(
+        o,
+        "| footprint | sensor RSS ≤ 64 MiB with 10,000 live processes | {} with {} live processes | {} |",
+        mib(&l["sensor_rss_kib"]),
+        l["spawned"],
+        met(&l["met"])
+    );
+    let _ = writeln!(o);
+}
+
+fn stop_text(s: &Value) -> String {
+    let secs = s["secs"].as_f64().unwrap_or(0.0);
+    if s["clean"] == true {
+        format!("{secs:.1} s")
+    } else {
+        format!("**{secs:.1} s, {}**", s["status"].as_str().unwrap_or("?"))
+    }
 }
 
 fn saturation_md(o: &mut String, s: &Value) {
@@ -475,8 +599,10 @@ fn footprint_md(o: &mut String, d: &Value) {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "- Sensor start-up (load, verify, attach, /proc scan): {:.1} s.",
-        f["sensor_startup_secs"].as_f64().unwrap_or(0.0)
+        "- Sensor start-up (load, verify, attach, /proc scan): {:.1} s; SIGTERM to exit after \
+         the per-program measurements: {}.",
+        f["sensor_startup_secs"].as_f64().unwrap_or(0.0),
+        stop_text(&f["sensor_stop"])
     );
     let _ = writeln!(
         o,
@@ -545,4 +671,31 @@ fn bpf_md(o: &mut String, b: &Value) {
         );
     }
     let _ = writeln!(o);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped_and_rounded() {
+        assert_eq!(group(1_234_567), "1,234,567");
+        assert_eq!(group(-1_000), "-1,000");
+        assert_eq!(num(&json!(123_456.7)), "123,457");
+        assert_eq!(num(&json!(12.34)), "12.3");
+        assert_eq!(num(&json!(1.234)), "1.23");
+        assert_eq!(num(&Value::Null), "—");
+    }
+
+    #[test]
+    fn an_empty_report_renders_and_fails_verification() {
+        let md = markdown(&json!({}));
+        assert!(md.contains("## Summary against the overhead budget"));
+        let dir =
+            std::env::temp_dir().join(format!("nhi-bench-report-test-{}", std::process::id()));
+        write(&dir, &json!({"workloads": []})).unwrap();
+        let err = verify(&dir, ["unwatched_opens"].into_iter()).unwrap_err();
+        assert!(err.to_string().contains("unwatched_opens"), "{err:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

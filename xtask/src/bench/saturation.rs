@@ -132,7 +132,7 @@ pub fn saturation(ctx: &Ctx) -> anyhow::Result<Value> {
     let sensor_hwm = status_kib(spid, "VmHWM")?;
     let collector_hwm = status_kib(cpid, "VmHWM")?;
     let warnings = s.warnings();
-    s.stop()?;
+    let stopped = s.stop()?;
     let streams = collector.stop()?;
     let zero_loss_rate = best.as_ref().map(rate_of);
     let cpu_per_100k = best.as_ref().and_then(|b| {
@@ -170,6 +170,7 @@ pub fn saturation(ctx: &Ctx) -> anyhow::Result<Value> {
         "collector_store_complete": !streams.is_empty() && streams.iter().all(|s| s.complete()),
         "sensor_warnings": warnings,
         "other_sensors_running": others,
+        "sensor_stop": stopped.to_json(),
     }))
 }
 

@@ -1,7 +1,10 @@
 //! The side-by-side workloads, their goals from the overhead budget, and the interleaved rounds:
 //! baseline, floor (an empty program on the sensor's tracepoints) and sensor.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
 use serde_json::{Value, json};
@@ -136,6 +139,8 @@ pub struct Rounds {
     pub passes: Vec<Value>,
     /// Rounds measured again because another sensor started during them.
     pub repeated_rounds: usize,
+    /// Per floor workload: with / without the empty programs, one ratio per round.
+    floor_ratios: BTreeMap<&'static str, Vec<f64>>,
 }
 
 impl Rounds {
@@ -147,6 +152,9 @@ impl Rounds {
             self.detail.entry(k).or_default().extend(v);
         }
         self.passes.extend(other.passes);
+        for (k, v) in other.floor_ratios {
+            self.floor_ratios.entry(k).or_default().extend(v);
+        }
     }
 }
 
@@ -189,25 +197,29 @@ fn one_round(
     r: &mut Rounds,
 ) -> anyhow::Result<Vec<u32>> {
     let mut seen = vec![];
+    let t = procs::cpu_steal();
     pass(ctx, Mode::Baseline, None, r)?;
+    let steal_baseline = procs::steal_pct(t);
     seen.extend(procs::foreign_sensors(&[]));
+    let t = procs::cpu_steal();
     if floor_tps.is_empty() {
         say!("no sensor tracepoints found: floor pass skipped");
     } else {
-        match kernel::attach_empty(floor_tps) {
-            Ok(_empty) => pass(ctx, Mode::Floor, None, r)?,
-            Err(e) => say!("floor pass skipped: {e:#}"),
-        }
+        floor_pass(ctx, floor_tps, r)?;
         seen.extend(procs::foreign_sensors(&[]));
     }
+    let steal_floor = procs::steal_pct(t);
     let mut s = Sensor::start(&ctx.bin, ctx.watched.path(), None)?;
     let startup = s.startup.as_secs_f64();
+    let t = procs::cpu_steal();
     pass(ctx, Mode::Sensor, Some(&mut s), r)?;
+    let steal_sensor = procs::steal_pct(t);
     seen.extend(procs::foreign_sensors(&[s.pid()]));
     let rss = status_kib(s.pid(), "VmRSS")?;
     let hwm = status_kib(s.pid(), "VmHWM")?;
     let warnings = s.warnings();
-    let streams = s.stop()?;
+    let stopped = s.stop()?;
+    let streams = &stopped.streams;
     r.passes.push(json!({
         "round": round,
         "startup_secs": round3(startup),
@@ -216,10 +228,72 @@ fn one_round(
         "streams": streams.iter().map(|s| s.to_json()).collect::<Vec<_>>(),
         "store_complete": !streams.is_empty() && streams.iter().all(|s| s.complete()),
         "warnings": warnings,
+        "stop": stopped.to_json(),
+        "cpu_steal_pct": {
+            "baseline": round3(steal_baseline),
+            "floor": round3(steal_floor),
+            "sensor": round3(steal_sensor),
+        },
     }));
     seen.sort_unstable();
     seen.dedup();
     Ok(seen)
+}
+
+/// The floor workloads, each measured without, with, with, and without the empty programs
+/// (half windows; attached once for the middle half), so the machine's drift over those few
+/// seconds cancels out: the floor is the ratio of the two halves.
+fn floor_pass(ctx: &Ctx, floor_tps: &[String], r: &mut Rounds) -> anyhow::Result<()> {
+    for spec in SPECS.iter().filter(|s| s.floor) {
+        let half = ctx.plan.window(spec.id) / 2;
+        let (mut without, mut with) = ((0u64, 0f64), (0u64, 0f64));
+        let run = |acc: &mut (u64, f64), dur: Duration| -> anyhow::Result<bool> {
+            let Some(out) = measure(ctx, spec.id, dur)
+                .with_context(|| format!("workload {} (floor)", spec.id))?
+            else {
+                return Ok(false);
+            };
+            acc.0 += out.ops;
+            acc.1 += out.secs;
+            Ok(true)
+        };
+        if !run(&mut without, half / 2)? {
+            continue;
+        }
+        let t = Instant::now();
+        let empty = match kernel::attach_empty(floor_tps) {
+            Ok(e) => e,
+            Err(e) => {
+                say!("floor pass skipped: {e:#}");
+                return Ok(());
+            }
+        };
+        let attach_secs = t.elapsed().as_secs_f64();
+        run(&mut with, half)?;
+        let t = Instant::now();
+        drop(empty);
+        let detach_secs = t.elapsed().as_secs_f64();
+        run(&mut without, half / 2)?;
+        if with.1 == 0.0 || without.1 == 0.0 {
+            continue;
+        }
+        let (rate_with, rate_without) = (with.0 as f64 / with.1, without.0 as f64 / without.1);
+        r.samples
+            .entry((spec.id, Mode::Floor))
+            .or_default()
+            .push(rate_with);
+        r.floor_ratios
+            .entry(spec.id)
+            .or_default()
+            .push(rate_with / rate_without);
+        say!(
+            "Floor {}: {rate_with:.0} {} with empty programs, {rate_without:.0} without ({:+.1}% per op; attach {attach_secs:.2} s, detach {detach_secs:.2} s)",
+            spec.id,
+            spec.unit,
+            100.0 * (rate_without / rate_with - 1.0)
+        );
+    }
+    Ok(())
 }
 
 fn pass(
@@ -234,9 +308,6 @@ fn pass(
         None => None,
     };
     for spec in SPECS {
-        if mode == Mode::Floor && !spec.floor {
-            continue;
-        }
         let cpu = match sensor.as_deref() {
             Some(s) => Some(CpuMeter::start(s.pid())?),
             None => None,
@@ -306,10 +377,11 @@ pub fn results(r: &Rounds, probe: &Probe, skipped_note: Option<&str>) -> Vec<Val
             };
             let nums =
                 |k: &str| -> Vec<f64> { detail.iter().filter_map(|d| d[k].as_f64()).collect() };
+            let floor_ratios = r.floor_ratios.get(spec.id).cloned().unwrap_or_default();
             let m = Measured {
                 base: bm,
                 sensor: sm,
-                floor: median(&f),
+                floor_ratio: median(&floor_ratios),
                 cpu_pct: median(&nums("sensor_cpu_pct_of_one_core")),
                 events_per_op: median(&nums("events_per_op")),
                 zero_loss: !detail.is_empty()
@@ -339,8 +411,11 @@ pub fn results(r: &Rounds, probe: &Probe, skipped_note: Option<&str>) -> Vec<Val
                 "title": spec.title,
                 "unit": spec.unit,
                 "baseline": {"median": round3(bm), "rounds": rounded(&b)},
-                "floor": m.floor.map(|fm| json!({
-                    "median": round3(fm), "rounds": rounded(&f), "ratio": round3(fm / bm),
+                "floor": m.floor_ratio.map(|fr| json!({
+                    "median_with_empty_programs": median(&f).map(round3),
+                    "rounds": rounded(&f),
+                    "ratio": round3(fr),
+                    "paired_ratios": rounded(&floor_ratios),
                 })),
                 "sensor": {"median": round3(sm), "rounds": rounded(&s)},
                 "ratio": round3(ratio),
@@ -365,7 +440,8 @@ pub fn results(r: &Rounds, probe: &Probe, skipped_note: Option<&str>) -> Vec<Val
 struct Measured<'a> {
     base: f64,
     sensor: f64,
-    floor: Option<f64>,
+    /// Throughput with the empty programs / without, from paired sub-windows.
+    floor_ratio: Option<f64>,
     cpu_pct: Option<f64>,
     events_per_op: Option<f64>,
     zero_loss: bool,
@@ -383,8 +459,8 @@ fn explain(spec: &Spec, m: &Measured, probe: &Probe) -> String {
         .map_or("?", |(_, h)| h.as_str());
     let slowdown = 100.0 * (m.base / m.sensor - 1.0);
     let mut parts = vec![];
-    if let Some(fm) = m.floor {
-        let floor_pct = 100.0 * (m.base / fm - 1.0);
+    if let Some(fr) = m.floor_ratio {
+        let floor_pct = 100.0 * (1.0 / fr - 1.0);
         parts.push(format!(
             "Floor: with only an empty program on each of the sensor's {} tracepoints (no \
              sensor running) this workload is already {floor_pct:.1}% slower per operation, \
