@@ -373,6 +373,25 @@ mod tests {
                     count: 7,
                 }),
             ),
+            event(
+                15,
+                EventKind::Finding,
+                Payload::Finding(crate::v1::Finding {
+                    rule_id: "NHI-D001".into(),
+                    title: "Credential of another workload read".into(),
+                    severity: "high".into(),
+                    owasp: vec!["NHI2".into()],
+                    mitre_technique_id: "T1552.001".into(),
+                    mitre_technique: "Unsecured Credentials: Credentials In Files".into(),
+                    summary: "cat (pod:b) read a credential of pod a".into(),
+                    workload_key: "pod:b".into(),
+                    evidence: vec![crate::v1::FindingEvidence {
+                        kind: "file.open".into(),
+                        path: Some("/var/lib/kubelet/pods/a/volumes/x/token".into()),
+                        ..Default::default()
+                    }],
+                }),
+            ),
         ]
     }
 
@@ -398,12 +417,13 @@ mod tests {
                 Payload::Stats(_) => "stats",
                 Payload::Unix(_) => "unix",
                 Payload::Loss(_) => "loss",
+                Payload::Finding(_) => "finding",
             };
             payloads_seen.insert(name);
         }
         assert_eq!(
             payloads_seen.len(),
-            10,
+            11,
             "one event per payload: {payloads_seen:?}"
         );
 
@@ -428,11 +448,11 @@ mod tests {
         // An enum value this build does not know survives decoding as its number, and the
         // accessor falls back to UNSPECIFIED instead of failing.
         let event = Event {
-            kind: 15,
+            kind: 99,
             ..Event::default()
         };
         let decoded = Event::decode(event.encode_to_vec().as_slice()).expect("decodes");
-        assert_eq!(decoded.kind, 15);
+        assert_eq!(decoded.kind, 99);
         assert_eq!(decoded.kind(), EventKind::Unspecified);
     }
 

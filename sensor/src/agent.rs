@@ -27,6 +27,7 @@ use crate::{
     config::ConfigFile,
     credentials::{catalogue, classify::Classifier},
     decode::{self, DecodeError, KernelEvent},
+    detect::config::DetectConfig,
     ebpf,
     endpoints::{self, Endpoints},
     fingerprint::FingerprintKey,
@@ -192,18 +193,22 @@ fn build_rules(
 }
 
 /// The `run` settings: flags and environment over the config file over defaults. Also
-/// returns the file's credential patterns.
+/// returns the file's credential patterns and its `[detections]` table.
 fn resolve(
     matches: &clap::ArgMatches,
-) -> anyhow::Result<(RunArgs, Vec<crate::credentials::catalogue::Pattern>)> {
+) -> anyhow::Result<(
+    RunArgs,
+    Vec<crate::credentials::catalogue::Pattern>,
+    DetectConfig,
+)> {
     use clap::FromArgMatches as _;
     let mut args = RunArgs::from_arg_matches(matches)?;
     let Some(path) = args.config.clone() else {
-        return Ok((args, Vec::new()));
+        return Ok((args, Vec::new(), DetectConfig::default()));
     };
     let file = ConfigFile::load(&path)?;
     file.apply(&mut args, matches)?;
-    Ok((args, file.credential))
+    Ok((args, file.credential, file.detections.unwrap_or_default()))
 }
 
 /// SIGHUP: re-reads the config file and swaps the watch rules in the kernel and the pipeline.
@@ -212,15 +217,16 @@ fn reload<W: std::io::Write>(
     ebpf: &mut Ebpf,
     pipeline: &mut Pipeline<W>,
 ) -> anyhow::Result<()> {
-    let (args, patterns) = resolve(matches)?;
+    let (args, patterns, detections) = resolve(matches)?;
     let rules = build_rules(&args, &patterns)?;
     rules.replace(pipeline.rules(), ebpf)?;
     pipeline.set_rules(rules);
+    pipeline.set_detect_config(detections);
     Ok(())
 }
 
 pub async fn run(matches: clap::ArgMatches) -> anyhow::Result<()> {
-    let (args, file_patterns) = resolve(&matches)?;
+    let (args, file_patterns, detections) = resolve(&matches)?;
     let rules = build_rules(&args, &file_patterns)?;
     let RunArgs {
         format,
@@ -286,6 +292,19 @@ pub async fn run(matches: clap::ArgMatches) -> anyhow::Result<()> {
             )?
         }
     };
+    // Baselines persist next to the events: in the embedded collector's store, or in the
+    // spool when events are shipped elsewhere.
+    let detector = detections
+        .enabled
+        .then(|| {
+            let state = match &export.collector {
+                None => &store,
+                Some(_) => &export.spool,
+            };
+            crate::detect::Detector::new(detections, &kubelet_root, Some(state))
+        })
+        .transpose()
+        .context("starting the detection rules")?;
     let exporter = crate::export::Exporter::open(&export, &boot_id)?;
     let node_name = exporter.sensor().node_name.clone();
     let shipper = crate::export::spawn(
@@ -334,6 +353,7 @@ pub async fn run(matches: clap::ArgMatches) -> anyhow::Result<()> {
             exporter: Some(exporter),
             print,
             metrics: pipeline_metrics,
+            detector,
         },
     );
 

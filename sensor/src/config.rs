@@ -55,9 +55,18 @@
 //! path_suffix = "/.acme/key"   # a home-directory file, wherever the home is
 //! ```
 //!
+//! ```toml
+//! # Detection thresholds and allow-lists: see `detect/config.rs` for every key.
+//! [detections]
+//! learning_period_s = 86400
+//! [[detections.allow]]
+//! rule = "NHI-D002"
+//! exe = "/usr/local/bin/break-glass"
+//! ```
+//!
 //! SIGHUP re-reads the file and reloads the watch rules (`watch`, `watch_name`, `watch_socket`,
 //! `spiffe_socket`, `no_default_rules`, `credential`) into the running kernel programs without
-//! detaching them; other settings need a restart.
+//! detaching them, and the `[detections]` table; other settings need a restart.
 
 use std::{
     net::SocketAddr,
@@ -107,6 +116,8 @@ pub struct ConfigFile {
     pub disable_hooks: Option<Vec<String>>,
     #[serde(default)]
     pub credential: Vec<Pattern>,
+    /// Detection thresholds and allow-lists (`detect/config.rs` documents the table).
+    pub detections: Option<crate::detect::config::DetectConfig>,
 }
 
 /// The 1-based line on which `key = ...` is set, for error messages.
@@ -184,6 +195,9 @@ impl ConfigFile {
             if !url.starts_with("https://") || f.collector_ca.is_some() {
                 crate::transport::client_endpoint(url, &tls).with_context(|| at("collector"))?;
             }
+        }
+        if let Some(d) = &f.detections {
+            d.validate().with_context(|| at("[detections]"))?;
         }
         if f.tls_cert.is_some() != f.tls_key.is_some() {
             bail!("{}: tls_cert and tls_key go together", at("tls_cert"));

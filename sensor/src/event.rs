@@ -39,6 +39,9 @@ pub struct Event {
     /// On `file.open` of a catalogued credential: what it is, without its secret.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<crate::credentials::classify::Credential>,
+    /// On `finding`: the rule that fired and its evidence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finding: Option<crate::detect::Finding>,
 }
 
 impl Event {
@@ -59,6 +62,7 @@ impl Event {
             workload: None,
             identity: None,
             credential: None,
+            finding: None,
         }
     }
 }

@@ -8,6 +8,7 @@ mod collector;
 mod config;
 mod credentials;
 mod decode;
+mod detect;
 mod ebpf;
 mod endpoints;
 mod env_vars;

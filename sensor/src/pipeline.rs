@@ -112,6 +112,8 @@ pub struct Pipeline<W: Write> {
     /// Events emitted by kind, published to `metrics` on each tick.
     by_kind: BTreeMap<&'static str, u64>,
     metrics: std::sync::Arc<crate::status::PipelineMetrics>,
+    /// The detection rules, shown every emitted event; `None`: detections off.
+    detector: Option<crate::detect::Detector>,
 }
 
 pub struct PipelineParts {
@@ -130,6 +132,7 @@ pub struct PipelineParts {
     pub exporter: Option<crate::export::Exporter>,
     pub print: bool,
     pub metrics: std::sync::Arc<crate::status::PipelineMetrics>,
+    pub detector: Option<crate::detect::Detector>,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -148,6 +151,7 @@ impl<W: Write> Pipeline<W> {
             exporter,
             print,
             metrics,
+            detector,
         } = parts;
         Self {
             out,
@@ -173,6 +177,7 @@ impl<W: Write> Pipeline<W> {
             print,
             by_kind: BTreeMap::new(),
             metrics,
+            detector,
         }
     }
 
@@ -185,6 +190,32 @@ impl<W: Write> Pipeline<W> {
             ev.workload = Some(w);
             ev.identity = Some(id);
         }
+        self.write(ev)?;
+        let findings = match &mut self.detector {
+            Some(d) => d.observe(ev),
+            None => return Ok(()),
+        };
+        for f in findings {
+            let mut out = Event::new("finding", ev.time.clone(), ev.boot_ns);
+            out.process = ev.process.clone();
+            out.workload = ev.workload.clone();
+            out.identity = ev.identity.clone();
+            out.credential = ev.credential.clone();
+            out.finding = Some(f);
+            self.write(&out)?;
+        }
+        Ok(())
+    }
+
+    /// SIGHUP: new detection thresholds and allow-lists (baselines stay).
+    pub fn set_detect_config(&mut self, cfg: crate::detect::config::DetectConfig) {
+        if let Some(d) = &mut self.detector {
+            d.set_config(cfg);
+        }
+    }
+
+    /// Ships and prints one event.
+    fn write(&mut self, ev: &Event) -> std::io::Result<()> {
         *self.by_kind.entry(ev.kind).or_default() += 1;
         if let Some(x) = &mut self.exporter {
             x.push(crate::export::convert::to_proto(ev));

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+pub mod pods;
 pub mod shipping;
 
 /// Default bound for waiting on one event or one actor step.

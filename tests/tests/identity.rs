@@ -19,6 +19,7 @@ use std::process::Command;
 use std::sync::MutexGuard;
 
 use base64::Engine as _;
+use nhi_sensor_tests::pods::{CgroupGuard, cgroup2_root, kubelet_pod, mint_jwt, projected_claims};
 use nhi_sensor_tests::{
     Actor, Sensor, Stopped, TempDir, WAIT, get, get_str, is_kind_pid, run_with_timeout, spawn_actor,
 };
@@ -33,121 +34,6 @@ fn setup(test: &str) -> Option<MutexGuard<'static, ()>> {
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 test path")
-}
-
-/// The cgroup2 mount point, from /proc/self/mountinfo (never hard-coded).
-fn cgroup2_root() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if right.split_whitespace().next() == Some("cgroup2") {
-            let mnt = left.split_whitespace().nth(4).expect("mount point field");
-            return PathBuf::from(mnt.replace("\\040", " "));
-        }
-    }
-    panic!("no cgroup2 mount in /proc/self/mountinfo");
-}
-
-/// cgroup directories created by a test; on drop, processes still inside go back to the root
-/// group and the directories are removed deepest first.
-struct CgroupGuard {
-    root: PathBuf,
-    created: Vec<PathBuf>,
-}
-
-impl CgroupGuard {
-    fn new() -> Self {
-        Self {
-            root: cgroup2_root(),
-            created: Vec::new(),
-        }
-    }
-
-    /// `mkdir -p root/rel`, remembering what did not exist; returns the absolute path.
-    fn create(&mut self, rel: &str) -> PathBuf {
-        let mut p = self.root.clone();
-        for seg in rel.split('/').filter(|s| !s.is_empty()) {
-            p.push(seg);
-            if !p.exists() {
-                std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-                self.created.push(p.clone());
-            }
-        }
-        p
-    }
-}
-
-impl Drop for CgroupGuard {
-    fn drop(&mut self) {
-        for dir in self.created.iter().rev() {
-            for _ in 0..50 {
-                if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                    for pid in procs.lines() {
-                        let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
-                    }
-                }
-                match std::fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
-                }
-            }
-            if dir.exists() {
-                eprintln!("[identity test] could not remove cgroup {}", dir.display());
-            }
-        }
-    }
-}
-
-fn b64url(b: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
-/// A JWT with the given claims and a random-looking (test-only) signature.
-fn mint_jwt(claims: &Value, sig_seed: &str) -> String {
-    format!(
-        "{}.{}.{}",
-        b64url(br#"{"alg":"RS256","kid":"nhi-test"}"#),
-        b64url(claims.to_string().as_bytes()),
-        b64url(format!("sig-{sig_seed}-{}", std::process::id()).as_bytes())
-    )
-}
-
-fn projected_claims(ns: &str, sa: &str, pod: &str, uid: &str) -> Value {
-    json!({
-        "aud": ["https://kubernetes.default.svc.cluster.local"],
-        "exp": 4102444800i64, "iat": 1763800000, "nbf": 1763800000,
-        "iss": "https://kubernetes.default.svc.cluster.local",
-        "jti": format!("jti-{pod}"),
-        "sub": format!("system:serviceaccount:{ns}:{sa}"),
-        "kubernetes.io": {
-            "namespace": ns,
-            "node": {"name": "node-test", "uid": "11111111-0000-0000-0000-000000000000"},
-            "pod": {"name": pod, "uid": uid},
-            "serviceaccount": {"name": sa, "uid": "22222222-0000-0000-0000-000000000000"},
-            "warnafter": 1763803607
-        }
-    })
-}
-
-/// Writes a kubelet-style projected volume (`..<ts>/token`, `..data`, `token` symlinks) and
-/// returns the volume directory.
-fn kubelet_pod(kubelet: &Path, uid: &str, token: &str) -> PathBuf {
-    let vol = kubelet.join(format!(
-        "pods/{uid}/volumes/kubernetes.io~projected/kube-api-access-nhi"
-    ));
-    let ts = vol.join("..2026_11_22_00_00_00.000000001");
-    std::fs::create_dir_all(&ts).expect("mkdir pod volume");
-    std::fs::write(ts.join("token"), token).expect("write token");
-    std::fs::write(ts.join("namespace"), "x").expect("write namespace");
-    std::os::unix::fs::symlink("..2026_11_22_00_00_00.000000001", vol.join("..data")).unwrap();
-    std::os::unix::fs::symlink("..data/token", vol.join("token")).unwrap();
-    for d in [kubelet.to_path_buf(), vol.clone()] {
-        let _ = std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755));
-    }
-    vol
 }
 
 fn start_sensor(d: &TempDir, extra: &[&str]) -> Sensor {

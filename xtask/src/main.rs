@@ -322,7 +322,14 @@ fn integration_tests(
     // The pipeline (gRPC, spool, collector, its Kafka sink) does not depend on the hook
     // family: once.
     if disable.is_none() {
-        cmd.args(["--test", "pipeline", "--test", "operations"]);
+        cmd.args([
+            "--test",
+            "pipeline",
+            "--test",
+            "operations",
+            "--test",
+            "detections",
+        ]);
     }
     cmd.arg("--").arg("--test-threads=1");
     match disable {

@@ -94,6 +94,7 @@ const FILE_ACTIVITY: Class = (1001, "File System Activity", 1, "System Activity"
 const NETWORK_ACTIVITY: Class = (4001, "Network Activity", 4, "Network Activity");
 const EVENT_LOG_ACTIVITY: Class = (1008, "Event Log Activity", 1, "System Activity");
 const BASE_EVENT: Class = (0, "Base Event", 0, "Uncategorized");
+const DETECTION_FINDING: Class = (2004, "Detection Finding", 2, "Findings");
 
 /// The `activity_id` (and `status_id`) "Other": `activity_name` (`status`) says what it is.
 const OTHER: u32 = 99;
@@ -141,6 +142,7 @@ pub fn to_ocsf(ev: &pb::Event) -> Value {
         (Some(Payload::Unix(x)), Some(p)) if kind == K::NetworkUnixConnect => unix(p, x),
         (Some(Payload::Stats(x)), _) if kind == K::SensorStats => stats(ev, x),
         (Some(Payload::Loss(x)), _) if kind == K::SensorLoss => loss(ev, x),
+        (Some(Payload::Finding(x)), _) if kind == K::Finding => finding(ev, x),
         _ => (
             BASE_EVENT,
             OTHER,
@@ -476,6 +478,74 @@ fn loss(ev: &pb::Event, x: &pb::Loss) -> Mapped {
     let detail = format!("{message} ({reason})");
     let o = with_status(o, (2, "Failure", Some(reason), Some(detail)));
     (EVENT_LOG_ACTIVITY, OTHER, "Events Lost", o)
+}
+
+/// A detection rule fired: Detection Finding (2004), activity Create. The rule is the
+/// analytic; its MITRE technique the attack; OWASP NHI ids go to `finding_info.types`; each
+/// piece of evidence becomes an `evidences` entry (its summary in `data`, plus the file or
+/// destination it names).
+fn finding(ev: &pb::Event, f: &pb::Finding) -> Mapped {
+    let (severity_id, severity) = match f.severity.as_str() {
+        "low" => (2, "Low"),
+        "medium" => (3, "Medium"),
+        "high" => (4, "High"),
+        "critical" => (5, "Critical"),
+        _ => (0, "Unknown"),
+    };
+    let (technique, sub) = match f.mitre_technique_id.split_once('.') {
+        Some((t, _)) => (t, Some(&f.mitre_technique_id)),
+        None => (f.mitre_technique_id.as_str(), None),
+    };
+    let (technique_name, sub_name) = match f.mitre_technique.split_once(": ") {
+        Some((t, s)) if sub.is_some() => (t, Some(s)),
+        _ => (f.mitre_technique.as_str(), None),
+    };
+    let mut attack = json!({"technique": {"uid": technique, "name": technique_name}});
+    if let (Some(uid), Some(name)) = (sub, sub_name) {
+        attack["sub_technique"] = json!({"uid": uid, "name": name});
+    }
+    let evidences: Vec<Value> = f
+        .evidence
+        .iter()
+        .map(|e| {
+            let mut x = json!({"data": {
+                "kind": e.kind, "time": (!e.time.is_empty()).then_some(&e.time), "pid": e.pid,
+                "process_key": e.process_key, "exe": e.exe, "credential_kind": e.credential_kind,
+                "fingerprint": e.fingerprint, "workload_key": e.workload_key, "detail": e.detail,
+            }});
+            if let Some(path) = &e.path {
+                let name = path.rsplit('/').next().unwrap_or(path);
+                x["file"] =
+                    json!({"name": name, "path": path, "type_id": 1, "type": "Regular File"});
+            }
+            if let Some((ip, port)) = e.destination.as_deref().and_then(split_endpoint) {
+                x["dst_endpoint"] = json!({"ip": ip, "port": port});
+            }
+            x
+        })
+        .collect();
+    let o = json!({
+        "message": f.summary,
+        "severity_id": severity_id, "severity": severity,
+        "status_id": 1, "status": "New",
+        "is_alert": true,
+        "finding_info": {
+            "uid": event_uid(ev), "title": f.title, "desc": f.summary,
+            "types": f.owasp,
+            "analytic": {"uid": f.rule_id, "name": f.title, "type_id": 1, "type": "Rule"},
+            "attacks": [attack],
+        },
+        "evidences": evidences,
+        "unmapped": {"finding": {"rule_id": f.rule_id, "owasp_nhi": f.owasp, "workload_key": f.workload_key}},
+    });
+    (DETECTION_FINDING, 1, "Create", o)
+}
+
+/// `ip:port` or `[v6]:port` → (ip, port).
+fn split_endpoint(s: &str) -> Option<(String, u16)> {
+    let (ip, port) = s.rsplit_once(':')?;
+    let ip = ip.trim_start_matches('[').trim_end_matches(']');
+    Some((ip.to_string(), port.parse().ok()?))
 }
 
 /// Event Log Activity's "which log": the sensor's event stream.

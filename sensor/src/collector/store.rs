@@ -360,6 +360,7 @@ impl Columns {
             Some(Payload::FileClose(f)) => f.path.as_ref().map(|p| p.text.clone()),
             Some(Payload::Unix(u)) => u.path.as_ref().map(|p| p.text.clone()),
             Some(Payload::Network(n)) => n.dst.as_ref().map(|d| format!("{}:{}", d.ip, d.port)),
+            Some(Payload::Finding(f)) => Some(format!("{} {}", f.rule_id, f.summary)),
             _ => None,
         };
         Self {
@@ -400,6 +401,7 @@ pub fn kind_name(k: pb::EventKind) -> &'static str {
         K::NetworkUnixConnect => "network.unix_connect",
         K::SensorStats => "sensor.stats",
         K::SensorLoss => "sensor.loss",
+        K::Finding => "finding",
         K::Unspecified => "unknown",
     }
 }

@@ -46,7 +46,38 @@ pub fn kind(kind: &str) -> pb::EventKind {
         "network.unix_connect" => K::NetworkUnixConnect,
         "sensor.stats" => K::SensorStats,
         "sensor.loss" => K::SensorLoss,
+        "finding" => K::Finding,
         _ => K::Unspecified,
+    }
+}
+
+fn finding(f: &crate::detect::Finding) -> pb::Finding {
+    pb::Finding {
+        rule_id: f.rule_id.to_string(),
+        title: f.title.to_string(),
+        severity: f.severity.to_string(),
+        owasp: f.owasp.iter().map(|s| s.to_string()).collect(),
+        mitre_technique_id: f.mitre_technique_id.to_string(),
+        mitre_technique: f.mitre_technique.to_string(),
+        summary: f.summary.clone(),
+        workload_key: f.workload_key.clone(),
+        evidence: f
+            .evidence
+            .iter()
+            .map(|e| pb::FindingEvidence {
+                kind: e.kind.clone(),
+                time: e.time.clone(),
+                pid: e.pid,
+                process_key: e.process_key.clone(),
+                exe: e.exe.clone(),
+                path: e.path.clone(),
+                destination: e.destination.clone(),
+                credential_kind: e.credential_kind.clone(),
+                fingerprint: e.fingerprint.clone(),
+                workload_key: e.workload_key.clone(),
+                detail: e.detail.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -255,6 +286,9 @@ fn endpoint(e: &crate::endpoints::CredentialEndpoint) -> pb::CredentialEndpoint 
 
 fn payload(ev: &event::Event) -> Option<pb::event::Payload> {
     use pb::event::Payload;
+    if let Some(f) = &ev.finding {
+        return Some(Payload::Finding(finding(f)));
+    }
     if let Some(x) = &ev.exec {
         return Some(Payload::Exec(pb::Exec {
             filename: Some(path(&x.filename, None)),
