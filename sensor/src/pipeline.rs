@@ -264,6 +264,17 @@ impl<W: Write> Pipeline<W> {
             .decode_errors
             .set(self.counters.decode_errors as i64);
         self.metrics.processes.set(self.table.len() as i64);
+        if let Some(d) = &self.detector {
+            self.metrics
+                .findings
+                .lock()
+                .expect("metrics")
+                .clone_from(&d.stats.findings);
+            self.metrics.findings_allowed.set(d.stats.allowed as i64);
+            self.metrics
+                .findings_suppressed
+                .set(d.stats.suppressed as i64);
+        }
     }
 
     pub fn decode_error(&mut self, err: &crate::decode::DecodeError) {

@@ -20,6 +20,11 @@ pub struct PipelineMetrics {
     pub kernel: Mutex<BTreeMap<&'static str, (u64, bool)>>,
     pub decode_errors: Gauge,
     pub processes: Gauge,
+    /// Detection findings reported, by rule id; and those an allow-list or the repeat window
+    /// held back.
+    pub findings: Mutex<BTreeMap<&'static str, u64>>,
+    pub findings_allowed: Gauge,
+    pub findings_suppressed: Gauge,
 }
 
 pub struct SensorStatus {
@@ -47,6 +52,34 @@ impl crate::http::Status for SensorStatus {
             "Events emitted, by kind.",
             &refs,
         );
+        let findings = self.pipeline.findings.lock().expect("metrics").clone();
+        let samples: Vec<(String, f64)> = findings
+            .iter()
+            .map(|(k, v)| (format!("rule=\"{}\"", label(k)), *v as f64))
+            .collect();
+        let refs: Vec<(&str, f64)> = samples.iter().map(|(l, v)| (l.as_str(), *v)).collect();
+        family(
+            &mut out,
+            "nhi_sensor_findings_total",
+            "counter",
+            "Detection findings reported, by rule id.",
+            &refs,
+        );
+        let held = [
+            (
+                "nhi_sensor_findings_allowed_total",
+                "Findings an allow-list entry matched (not reported).",
+                &self.pipeline.findings_allowed,
+            ),
+            (
+                "nhi_sensor_findings_suppressed_total",
+                "Findings held back because the same one fired within repeat_after_s.",
+                &self.pipeline.findings_suppressed,
+            ),
+        ];
+        for (name, help, g) in held {
+            family(&mut out, name, "counter", help, &[("", g.get() as f64)]);
+        }
         let kernel = self.pipeline.kernel.lock().expect("metrics").clone();
         let drops: Vec<(String, f64)> = kernel
             .iter()

@@ -718,3 +718,99 @@ fn d010_unexpected_binary_reads_a_workload_secret() {
     }
     w.stop(sensor, "NHI-D010");
 }
+
+/// A sensor shipping to `col` as `node`, classifying only `dir` (one credential pattern).
+fn fleet_sensor(
+    w: &World,
+    col: &nhi_sensor_tests::shipping::Collector,
+    node: &str,
+    dir: &Path,
+) -> Sensor {
+    let config = w.d.join(format!("{node}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[[credential]]\nkind = \"deploy_key\"\nformat = \"aws_ini\"\npath_prefix = \"{}/\"\n",
+            s(dir)
+        ),
+    )
+    .unwrap();
+    let c = nhi_sensor_tests::shipping::certs();
+    let spool = w.d.join(format!("spool-{node}"));
+    let (key, ca) = (w.d.join("fingerprint.key"), c.join("ca.pem"));
+    let (cert, tls_key) = (c.join("sensor.pem"), c.join("sensor.key"));
+    let args = [
+        "run",
+        "--format",
+        "json",
+        "--no-default-rules",
+        "--config",
+        s(&config),
+        "--watch",
+        &format!("{}/", s(dir)),
+        "--fingerprint-key-file",
+        s(&key),
+        "--collector",
+        &col.url(),
+        "--collector-ca",
+        s(&ca),
+        "--tls-cert",
+        s(&cert),
+        "--tls-key",
+        s(&tls_key),
+        "--spool",
+        s(&spool),
+        "--sensor-id",
+        &format!("sensor-{node}"),
+        "--node-name",
+        node,
+    ];
+    Sensor::start(&args)
+}
+
+#[test]
+fn d006_fleet_view_same_credential_on_two_hosts() {
+    let Some(_g) = setup("d006_fleet") else {
+        return;
+    };
+    let w = World::new("d006fleet");
+    let col = nhi_sensor_tests::shipping::Collector::start(w.d.path(), &[]);
+    let (dir_a, dir_b) = (w.d.join("files/node-a"), w.d.join("files/node-b"));
+    let shared = aws("d006fleet");
+    let shared_a = w.file("node-a/shared", &shared);
+    let solo_a = w.file("node-a/solo", &aws("d006solo"));
+    let shared_b = w.file("node-b/shared", &shared);
+    // The per-deployment key is made by the first sensor and shared by the second.
+    let a = fleet_sensor(&w, &col, "node-a", &dir_a);
+    let b = fleet_sensor(&w, &col, "node-b", &dir_b);
+
+    act(None, &strs(&open_read(&shared_a)));
+    act(None, &strs(&open_read(&shared_a)));
+    act(None, &strs(&open_read(&solo_a)));
+    let reader_b = act(None, &strs(&open_read(&shared_b)));
+    b.wait_for("node-b's open", WAIT, |e| {
+        is_kind(e, "file.open") && get(e, "process.pid").as_u64() == Some(reader_b.into())
+    });
+
+    let store = w.d.join("store");
+    let fleet = nhi_sensor_tests::shipping::poll("the fleet finding", WAIT * 3, || {
+        let found: Vec<Value> = nhi_sensor_tests::shipping::stored(&store)
+            .into_iter()
+            .filter(|e| {
+                e["class_uid"] == 2004
+                    && e["metadata"]["uid"]
+                        .as_str()
+                        .is_some_and(|u| u.starts_with("collector:"))
+            })
+            .collect();
+        (!found.is_empty()).then_some(found)
+    });
+    assert_eq!(fleet.len(), 1, "{fleet:?}");
+    let f = &fleet[0];
+    assert_eq!(f["finding_info"]["analytic"]["uid"], "NHI-D006", "{f}");
+    let msg = f["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("node-b") && msg.contains("node-a"), "{f}");
+    assert!(msg.contains(s(&shared_b)), "{f}");
+    a.stop().assert_clean();
+    b.stop().assert_clean();
+}

@@ -3,6 +3,7 @@
 //! `nhi-sensor collector`, or in-process inside `nhi-sensor run` when no collector address
 //! is given (the embedded default).
 
+mod fleet;
 mod ingest;
 pub mod kafka;
 pub mod metrics;
@@ -195,6 +196,7 @@ pub async fn start(args: CollectorArgs) -> anyhow::Result<Running> {
         )?;
     }
     spawn_retention(store.clone(), args.store_options.retention);
+    fleet::spawn(store.clone(), hub.clone()).context("starting the fleet view")?;
 
     let ingest = Arc::new(ingest::Ingest {
         store,

@@ -884,7 +884,7 @@ fn ms(ns: i128) -> i64 {
     i64::try_from(ns.div_euclid(1_000_000)).unwrap_or_default()
 }
 
-fn rfc3339(ns: i128) -> Option<String> {
+pub(crate) fn rfc3339(ns: i128) -> Option<String> {
     let t = SystemTime::UNIX_EPOCH + Duration::from_nanos(u64::try_from(ns).ok()?);
     Some(humantime::format_rfc3339_nanos(t).to_string())
 }

@@ -53,6 +53,12 @@ CREATE TABLE IF NOT EXISTS streams (
     last_seen_ns INTEGER NOT NULL,
     PRIMARY KEY (sensor_id, stream_id)
 );
+CREATE TABLE IF NOT EXISTS credential_nodes (  -- the fleet view (fleet.rs)
+    fingerprint TEXT NOT NULL,
+    node        TEXT NOT NULL,
+    first_ns    INTEGER NOT NULL,
+    PRIMARY KEY (fingerprint, node)
+);
 CREATE TABLE IF NOT EXISTS sink_positions (
     sink     TEXT PRIMARY KEY,
     position INTEGER NOT NULL       -- last events.id the sink has written
@@ -240,6 +246,33 @@ impl Store {
             )
             .optional()?
             .unwrap_or(0) as u64)
+    }
+
+    /// Records that `fingerprint` was used on `node`; returns the other nodes known before when
+    /// `node` is new to it (empty otherwise).
+    pub fn add_credential_node(
+        &self,
+        fingerprint: &str,
+        node: &str,
+        time_ns: i64,
+    ) -> anyhow::Result<Vec<String>> {
+        let conn = self.writer.lock().expect("store mutex");
+        let added = conn.execute(
+            "INSERT OR IGNORE INTO credential_nodes (fingerprint, node, first_ns)
+             VALUES (?1, ?2, ?3)",
+            params![fingerprint, node, time_ns],
+        )?;
+        if added == 0 {
+            return Ok(Vec::new());
+        }
+        let mut q = conn.prepare_cached(
+            "SELECT node FROM credential_nodes WHERE fingerprint = ?1 AND node != ?2
+             ORDER BY node",
+        )?;
+        let nodes = q
+            .query_map(params![fingerprint, node], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(nodes)
     }
 
     pub fn sink_position(&self, sink: &str) -> anyhow::Result<Option<i64>> {

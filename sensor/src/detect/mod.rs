@@ -340,7 +340,13 @@ impl Detector {
                     exe_name(p)
                 ),
                 subject: format!("{wkey}|{cred_id}"),
-                evidence: vec![evidence.clone()],
+                evidence: vec![Evidence {
+                    detail: Some(match identifier(&cred.identifiers, &["jti"]) {
+                        Some(jti) => format!("token jti {jti}, issued to pod {claimed}"),
+                        None => format!("token issued to pod {claimed}"),
+                    }),
+                    ..evidence.clone()
+                }],
                 destination: None,
             });
         }
