@@ -814,3 +814,53 @@ fn d006_fleet_view_same_credential_on_two_hosts() {
     a.stop().assert_clean();
     b.stop().assert_clean();
 }
+
+/// The `[detections]` table reloads on SIGHUP: an allow-list entry added while the sensor runs
+/// silences the next occurrence; the events themselves keep flowing.
+#[test]
+fn allow_list_reloads_on_sighup() {
+    let Some(_g) = setup("allow_reload") else {
+        return;
+    };
+    let w = World::new("allowreload");
+    let old = w.file("legacy/.aws/credentials", &aws("reload"));
+    let st = Command::new("touch")
+        .args(["-d", "400 days ago", s(&old)])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sensor = w.sensor("repeat_after_s = 0");
+    let before = act(None, &strs(&open_read(&old)));
+    finding_of(&sensor, "NHI-D004", before);
+
+    let config = w.d.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[detections]\nrepeat_after_s = 0\n[[detections.allow]]\nrule = \"NHI-D004\"\n\
+             path_prefix = \"{}/\"\n",
+            s(&w.d.join("files/legacy"))
+        ),
+    )
+    .unwrap();
+    let check = Command::new(nhi_sensor_tests::sensor_bin())
+        .args(["config", "check", s(&config)])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{check:?}");
+    // SAFETY: kill with a valid signal number has no memory-safety preconditions.
+    unsafe { libc::kill(sensor.pid() as i32, libc::SIGHUP) };
+    nhi_sensor_tests::shipping::poll("the reload", WAIT, || {
+        sensor
+            .stderr()
+            .iter()
+            .any(|l| l.contains("SIGHUP: watch rules reloaded"))
+            .then_some(())
+    });
+    let after = act(None, &strs(&open_read(&old)));
+    sensor.wait_for("the open after the reload", WAIT, |e| {
+        is_kind(e, "file.close") && get(e, "process.pid").as_u64() == Some(after.into())
+    });
+    assert!(findings_of(&sensor, "NHI-D004", after).is_empty());
+    w.stop(sensor, "NHI-D004");
+}

@@ -12,14 +12,15 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{TcpListener, TcpStream},
+    io::{Read as _, Write as _},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::MutexGuard,
     time::{Duration, Instant},
 };
 
+use nhi_sensor_tests::shipping::{Collector, certs, free_port, poll, python, stored, streams};
 use nhi_sensor_tests::{
     Sensor, TempDir, WAIT, get_str, get_u64, is_kind, run_with_timeout, scaled, sensor_bin,
     spawn_actor, watch_arg, workspace_root,
@@ -38,25 +39,6 @@ const OUTAGE: Duration = Duration::from_secs(8);
 fn setup(test: &str) -> Option<MutexGuard<'static, ()>> {
     nhi_sensor_tests::init_actor_bin!();
     nhi_sensor_tests::serial_root_test(test)
-}
-
-fn certs() -> PathBuf {
-    let dir = workspace_root().join("target/certs");
-    xtask::certs::generate(&dir).expect("generating the test PKI");
-    dir
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("NHI_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| xtask::venv_python(&workspace_root()))
 }
 
 /// The `tansu` binary: `$NHI_TANSU`, else on PATH, else cargo's bin directory (where `cargo
@@ -80,18 +62,6 @@ fn tansu_bin() -> PathBuf {
         }
     }
     panic!("the tansu broker is not installed: run `cargo xtask setup` (or set NHI_TANSU)")
-}
-
-/// Polls `f` until it returns `Some`, for up to `timeout` (scaled).
-fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + scaled(timeout);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// A tansu broker on a free loopback port, its storage (SQLite) in `dir`: restartable on the
@@ -209,66 +179,6 @@ impl Drop for Broker {
     }
 }
 
-/// `nhi-sensor collector` as a separate process (mTLS, store in `dir/store`).
-struct Collector {
-    child: Child,
-    port: u16,
-}
-
-impl Collector {
-    fn start(dir: &Path, extra: &[&str]) -> Collector {
-        let c = certs();
-        let port = free_port();
-        let mut child = nhi_sensor_tests::spawn_retrying(
-            Command::new(sensor_bin())
-                .arg("collector")
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .arg("--store")
-                .arg(dir.join("store"))
-                .arg("--tls-cert")
-                .arg(c.join("collector.pem"))
-                .arg("--tls-key")
-                .arg(c.join("collector.key"))
-                .arg("--client-ca")
-                .arg(c.join("ca.pem"))
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped()),
-        )
-        .expect("spawning the collector");
-        let stderr = child.stderr.take().expect("piped");
-        let log: Arc<Mutex<Vec<String>>> = Default::default();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[collector] {line}");
-                if line.contains("collector listening") {
-                    let _ = tx.send(());
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        if rx.recv_timeout(scaled(Duration::from_secs(30))).is_err() {
-            let _ = child.kill();
-            panic!("the collector did not start: {:?}", log.lock().unwrap());
-        }
-        Collector { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("https://localhost:{}", self.port)
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn http_get(port: u16, path: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
     write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
@@ -281,29 +191,6 @@ fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("metric {name} not in:\n{text}"))
-}
-
-/// The store's OCSF events (all of them), from `nhi-sensor events`.
-fn stored(store: &Path) -> Vec<Value> {
-    let mut cmd = Command::new(sensor_bin());
-    cmd.arg("events")
-        .arg("--store")
-        .arg(store)
-        .args(["--format", "json", "--limit", "0"]);
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
-    assert!(out.status.success(), "nhi-sensor events: {}", out.stderr);
-    out.stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("OCSF JSON line"))
-        .collect()
-}
-
-fn streams(store: &Path) -> Vec<Value> {
-    let mut cmd = Command::new(sensor_bin());
-    cmd.arg("events").arg("--store").arg(store).arg("--streams");
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
-    assert!(out.status.success(), "nhi-sensor events: {}", out.stderr);
-    serde_json::from_str(&out.stdout).expect("streams JSON")
 }
 
 /// How many file.open events of `path` the store holds (a cheap count for polling: lines
