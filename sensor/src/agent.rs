@@ -128,6 +128,13 @@ pub fn check(args: &CheckArgs) -> anyhow::Result<()> {
 
 type Batch = Vec<Result<KernelEvent, DecodeError>>;
 
+/// After the ring signals data, the drain thread waits this long before reading, so records
+/// are handled (and spooled, shipped, committed) in batches rather than one wake-up, one
+/// spool write and one collector transaction per event. 5 ms adds at most 5 ms of latency,
+/// caps wake-ups at 200/s, and holds far less than the ring at any sustainable rate (1 MB at
+/// 200k records/s of ~1 KiB with the default 8 MiB ring).
+const DRAIN_LINGER: Duration = Duration::from_millis(5);
+
 /// Drains the ring buffer on a dedicated thread, so a slow consumer never delays the poll that
 /// frees ring space. Decoded batches go to the event loop; when the loop falls behind the
 /// bounded channel pushes back, the ring fills, and the kernel counts what it could not write.
@@ -162,7 +169,11 @@ fn spawn_drain(
                     revents: 0,
                 };
                 // SAFETY: one valid pollfd. 100 ms bounds how long a stop request waits.
-                unsafe { libc::poll(&mut pfd, 1, 100) };
+                let ready = unsafe { libc::poll(&mut pfd, 1, 100) };
+                if ready > 0 && !stop.load(Ordering::Acquire) {
+                    // Let records gather: one drain per linger instead of one per record.
+                    std::thread::sleep(DRAIN_LINGER);
+                }
             }
         })
         .expect("spawning the ring-buffer thread")
