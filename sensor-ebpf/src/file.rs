@@ -6,14 +6,15 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_user,
-        generated::{bpf_probe_read_kernel, bpf_probe_read_user_str},
+        generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user_str},
     },
     programs::TracePointContext,
 };
 use sensor_common::{
     CLOSE_EXIT, CLOSE_SYSCALL, Counter, EventKind, FdKey, FdState, FileCloseEvent, FileOpenEvent,
-    NAME_KEY_LEN, OpenArgs, PATH_BUF, PATH_TRUNCATED, PATH_UNRESOLVED, PREFIX_KEY_LEN, PathInfo,
-    Setting, WATCH_NAME, WATCH_NAME_PREFIX, WATCH_NAME_SUFFIX, WATCH_PREFIX, WATCH_TRUNCATED,
+    NAME_KEY_LEN, OpenArgs, OpenDedupeKey, OpenDedupeState, PATH_BUF, PATH_TRUNCATED,
+    PATH_UNRESOLVED, PREFIX_KEY_LEN, PathInfo, Setting, WATCH_NAME, WATCH_NAME_PREFIX,
+    WATCH_NAME_SUFFIX, WATCH_PREFIX, WATCH_TRUNCATED,
 };
 
 use crate::{
@@ -23,9 +24,9 @@ use crate::{
         zero_in_place, zero_words,
     },
     maps::{
-        EVENT_SCRATCH, INFLIGHT_READS, NAME_SCRATCH, OPEN_ARGS, PATH_SCRATCH, SETTINGS,
-        WATCH_NAME_PREFIXES, WATCH_NAME_SUFFIXES, WATCH_NAMES, WATCH_PREFIXES, WATCHED_FDS,
-        WATCHED_FILES,
+        EVENT_SCRATCH, INFLIGHT_READS, NAME_SCRATCH, OPEN_ARGS, OPEN_DEDUPE, PATH_SCRATCH,
+        SETTINGS, WATCH_NAME_PREFIXES, WATCH_NAME_SUFFIXES, WATCH_NAMES, WATCH_PREFIXES,
+        WATCHED_FDS, WATCHED_FILES,
     },
     path,
     scratch::{NameScratch, PathScratch},
@@ -271,6 +272,10 @@ pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
         return Ok(());
     }
     let (dev, ino, mode) = inode_ids(file);
+    let Some(repeats) = dedupe(tgid, f_flags, dev, ino) else {
+        // Counted, not reported: its fd is not tracked either (no close event, no bytes).
+        return Ok(());
+    };
     // Zeroed first, then filled: a literal with adjacent zero fields becomes a `memset` call.
     let mut slot = core::mem::MaybeUninit::<FdState>::uninit();
     let state = zero_in_place(&mut slot);
@@ -287,8 +292,55 @@ pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
     {
         count(Counter::DropMapFull);
     }
-    emit_open(syscall_nr, ns, ps, ret, f_flags, (dev, ino, mode), 0);
+    emit_open(
+        syscall_nr,
+        ns,
+        ps,
+        ret,
+        f_flags,
+        (dev, ino, mode),
+        0,
+        repeats,
+    );
     Ok(())
+}
+
+/// Open dedupe of a successful watched open. `None`: the same process opened the same inode
+/// with the same flags, reported less than the window ago; the open is only counted. Otherwise
+/// the key's running total of counted opens (low 32 bits), for the event; the window restarts.
+#[inline(always)]
+fn dedupe(tgid: u32, flags: u32, dev: u64, ino: u64) -> Option<u32> {
+    let window_ms = setting(Setting::OpenDedupeMs);
+    if window_ms == 0 {
+        return Some(0);
+    }
+    let key = OpenDedupeKey {
+        tgid,
+        flags,
+        dev,
+        ino,
+    };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(state) = OPEN_DEDUPE.get_ptr_mut(&key) {
+        let start = unsafe { core::ptr::read_volatile(&raw const (*state).window_start_ns) };
+        if now.wrapping_sub(start) < window_ms as u64 * 1_000_000 {
+            // Threads of one process may open the same file on several CPUs at once.
+            unsafe {
+                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).repeats, 1)
+            };
+            count(Counter::OpensDeduped);
+            return None;
+        }
+        unsafe { core::ptr::write_volatile(&raw mut (*state).window_start_ns, now) };
+        return Some(unsafe { core::ptr::read_volatile(&raw const (*state).repeats) } as u32);
+    }
+    let state = OpenDedupeState {
+        window_start_ns: now,
+        repeats: 0,
+    };
+    // A failed insert only means the next open is reported again.
+    let _ = OPEN_DEDUPE.insert(&key, &state, 0);
+    Some(0)
 }
 
 /// The name and path scratch buffers of the open handlers.
@@ -390,7 +442,7 @@ pub fn open_failed(args: &OpenArgs, ret: i64, syscall_nr: u32) -> Result<(), i64
         return Ok(());
     }
     let requested = unsafe { core::ptr::read_volatile(&raw const (*ns).raw_len) } & POS_MASK;
-    emit_open(syscall_nr, ns, ps, ret, args.flags, (0, 0, 0), requested);
+    emit_open(syscall_nr, ns, ps, ret, args.flags, (0, 0, 0), requested, 0);
     Ok(())
 }
 
@@ -420,6 +472,10 @@ fn decide(ns: *mut NameScratch, ps: *mut PathScratch) -> bool {
 /// Builds and sends a `FileOpenEvent` for the path in `ps`. `inode` is (dev, ino, mode), zeros
 /// when the open failed.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "every field of the event; a struct would be one more copy on the BPF stack"
+)]
 fn emit_open(
     syscall_nr: u32,
     ns: *mut NameScratch,
@@ -428,6 +484,7 @@ fn emit_open(
     open_flags: u32,
     inode: (u64, u64, u32),
     requested_len: u32,
+    repeats: u32,
 ) {
     let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
@@ -451,7 +508,7 @@ fn emit_open(
     ev.open_flags = open_flags;
     ev.syscall_nr = syscall_nr;
     ev.requested_len = requested_len;
-    ev._pad = 0;
+    ev.repeats = repeats;
     ev.matched = matched(ns);
     let dst = unsafe { (buf as *mut u8).add(fixed) };
     let src = unsafe {

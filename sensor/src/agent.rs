@@ -179,6 +179,21 @@ fn spawn_drain(
         .expect("spawning the ring-buffer thread")
 }
 
+/// Sets the open dedupe window in the kernel and takes its map for the pipeline.
+fn open_dedupe(ebpf: &mut Ebpf, window_ms: u32) -> anyhow::Result<crate::open_dedupe::OpenDedupe> {
+    let mut settings: aya::maps::Array<&mut aya::maps::MapData, u32> =
+        aya::maps::Array::try_from(ebpf.map_mut("SETTINGS").context("SETTINGS map")?)?;
+    settings
+        .set(sensor_common::Setting::OpenDedupeMs as u32, window_ms, 0)
+        .context("setting the open dedupe window")?;
+    let map = BpfHashMap::try_from(ebpf.take_map("OPEN_DEDUPE").context("OPEN_DEDUPE map")?)?;
+    tracing::info!(window_ms, "open dedupe");
+    Ok(crate::open_dedupe::OpenDedupe::new(
+        Duration::from_millis(window_ms.into()),
+        map,
+    ))
+}
+
 /// The watch rules of `args` and the config file's credential patterns.
 fn build_rules(
     args: &RunArgs,
@@ -255,6 +270,7 @@ pub async fn run(matches: clap::ArgMatches) -> anyhow::Result<()> {
         kernel,
         stats_interval,
         connect_wait_ms,
+        open_dedupe_ms,
     } = args;
     kube_apiserver.extend(endpoints::kube_apiserver_from_node());
     let endpoints = Endpoints::new(&kube_apiserver, &vault_addr)?;
@@ -278,6 +294,7 @@ pub async fn run(matches: clap::ArgMatches) -> anyhow::Result<()> {
     let counters_map: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(attached.ebpf.take_map("COUNTERS").context("COUNTERS map")?)?;
     let cgroups = procfs::CgroupPaths::new(procfs::cgroup2_root()?);
+    let dedupe = open_dedupe(&mut attached.ebpf, open_dedupe_ms)?;
 
     // Where events go: a remote collector, or one started here on the local store.
     let mut embedded_metrics = None;
@@ -345,6 +362,7 @@ pub async fn run(matches: clap::ArgMatches) -> anyhow::Result<()> {
             exporter: Some(exporter),
             print,
             metrics: pipeline_metrics,
+            dedupe,
         },
     );
 

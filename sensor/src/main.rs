@@ -18,6 +18,7 @@ mod hooks;
 mod http;
 mod identity;
 mod metrics;
+mod open_dedupe;
 mod pipeline;
 mod process_table;
 mod procfs;

@@ -20,6 +20,7 @@ use crate::{
     env_vars,
     event::{self, Endpoint, Errno, Event, Ids, Network},
     identity::Resolver,
+    open_dedupe::{OpenDedupe, Reported, Summary},
     process_table::ProcessTable,
     procfs::{self, CgroupPaths, Users},
     rules::RuleSet,
@@ -112,6 +113,7 @@ pub struct Pipeline<W: Write> {
     /// Events emitted by kind, published to `metrics` on each tick.
     by_kind: BTreeMap<&'static str, u64>,
     metrics: std::sync::Arc<crate::status::PipelineMetrics>,
+    dedupe: OpenDedupe,
 }
 
 pub struct PipelineParts {
@@ -130,6 +132,7 @@ pub struct PipelineParts {
     pub exporter: Option<crate::export::Exporter>,
     pub print: bool,
     pub metrics: std::sync::Arc<crate::status::PipelineMetrics>,
+    pub dedupe: OpenDedupe,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -148,6 +151,7 @@ impl<W: Write> Pipeline<W> {
             exporter,
             print,
             metrics,
+            dedupe,
         } = parts;
         Self {
             out,
@@ -173,6 +177,7 @@ impl<W: Write> Pipeline<W> {
             print,
             by_kind: BTreeMap::new(),
             metrics,
+            dedupe,
         }
     }
 
@@ -329,6 +334,8 @@ impl<W: Write> Pipeline<W> {
                 let start = procfs::start_ticks_from_ns(ev.task.start_ns);
                 let argv = event::split_args(&args);
                 let exe = (!exe.is_empty()).then_some(exe);
+                // The old program's counted opens are its own; the new one starts afresh.
+                self.end_dedupe(ev.task.tgid, ev.header.boot_ns)?;
                 self.table.on_exec(ev.task.tgid, start, exe, argv.clone());
                 let mut out = self.new_event("process.exec", ev.header.boot_ns);
                 out.process = Some(self.process(&ev.task));
@@ -359,6 +366,7 @@ impl<W: Write> Pipeline<W> {
             }
             KernelEvent::Exit(ev) => {
                 let process = self.process(&ev.task);
+                self.end_dedupe(ev.task.tgid, ev.header.boot_ns)?;
                 self.close_on_exit(ev.task.tgid, ev.header.boot_ns, &process)?;
                 let mut out = self.new_event("process.exit", ev.header.boot_ns);
                 out.process = Some(process);
@@ -627,7 +635,51 @@ impl<W: Write> Pipeline<W> {
             matched: Some(matched),
             ..Default::default()
         });
+        if ev.ret < 0 || !self.dedupe.enabled() {
+            return self.emit(&mut out);
+        }
+        let key = (ev.open_flags, ev.dev, ev.ino);
+        let repeats = self.dedupe.repeats_before(tgid, key, ev.repeats);
+        if let Some(f) = out.file.as_mut() {
+            f.repeats = (repeats > 0).then_some(repeats);
+        }
+        self.emit(&mut out)?;
+        let (Some(process), Some(file)) = (out.process, out.file) else {
+            return Ok(());
+        };
+        let last = Reported {
+            process,
+            workload: out.workload,
+            identity: out.identity,
+            credential: out.credential,
+            file,
+        };
+        self.dedupe.reported(tgid, key, ev.repeats, last);
+        Ok(())
+    }
+
+    /// A summary `file.open`: opens counted in the kernel after the last reported one.
+    fn emit_summary(&mut self, s: Summary, boot_ns: u64) -> std::io::Result<()> {
+        let Summary { repeats, last } = s;
+        let mut out = self.new_event("file.open", boot_ns);
+        out.process = Some(last.process);
+        out.workload = last.workload;
+        out.identity = last.identity;
+        out.credential = last.credential;
+        out.file = Some(event::File {
+            fd: None,
+            repeats: Some(repeats),
+            ..last.file
+        });
         self.emit(&mut out)
+    }
+
+    /// Reports what a process that exits or execs still has counted, and forgets its keys.
+    fn end_dedupe(&mut self, tgid: u32, boot_ns: u64) -> std::io::Result<()> {
+        for s in self.dedupe.end(tgid) {
+            self.emit_summary(s, boot_ns)?;
+        }
+        Ok(())
     }
 
     fn connect_result(&mut self, r: sensor_common::NetResultEvent) -> std::io::Result<()> {
@@ -738,6 +790,12 @@ impl<W: Write> Pipeline<W> {
         }
         self.late
             .retain(|_, (_, t)| now.duration_since(*t) < LATE_RESULT_MEMORY);
+        if self.dedupe.enabled() {
+            let boot_ns = clock_ns(libc::CLOCK_BOOTTIME).max(0) as u64;
+            for s in self.dedupe.due() {
+                self.emit_summary(s, boot_ns)?;
+            }
+        }
         if progress {
             self.read_progress()?;
             self.table.reap();
