@@ -263,8 +263,19 @@ pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
     let name_len = read::<u32>(dentry, off!(dentry_d_name_len)).unwrap_or(0);
     let name = read_ptr(dentry, off!(dentry_d_name_name)).unwrap_or(0);
     match_name(ns, name, name_len);
-    if matched(ns) == 0 && setting(Setting::PrefixRules) == 0 {
+    let by_name = matched(ns) != 0;
+    if !by_name && setting(Setting::PrefixRules) == 0 {
         return Ok(());
+    }
+    let window_ns = setting(Setting::OpenDedupeMs) as u64 * 1_000_000;
+    // A file watched by name: a repeat inside the window costs one lookup, not the path
+    // walk (the inode decides, whatever the path it was opened by). Unwatched opens pay
+    // nothing for dedupe: they never get past the walk.
+    if by_name && window_ns != 0 {
+        let (dev, ino, _) = inode_ids(file);
+        if counted_repeat(&dedupe_key(tgid, f_flags, dev, ino), window_ns) {
+            return Ok(());
+        }
     }
     let (root_dentry, root_mnt) = path::task_root(task);
     path::resolve(ps, dentry, vfsmnt, root_dentry, root_mnt);
@@ -272,9 +283,15 @@ pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
         return Ok(());
     }
     let (dev, ino, mode) = inode_ids(file);
-    let Some(repeats) = dedupe(tgid, f_flags, dev, ino) else {
-        // Counted, not reported: its fd is not tracked either (no close event, no bytes).
+    let key = dedupe_key(tgid, f_flags, dev, ino);
+    // Watched by prefix: known only now.
+    if !by_name && window_ns != 0 && counted_repeat(&key, window_ns) {
         return Ok(());
+    }
+    let repeats = if window_ns != 0 {
+        dedupe_window(&key)
+    } else {
+        0
     };
     // Zeroed first, then filled: a literal with adjacent zero fields becomes a `memset` call.
     let mut slot = core::mem::MaybeUninit::<FdState>::uninit();
@@ -283,12 +300,12 @@ pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
     state.dev = dev;
     state.ino = ino;
     state.open_boot_ns = header(EventKind::FileOpen, 0).boot_ns;
-    let key = FdKey {
+    let fd_key = FdKey {
         tgid,
         fd: ret as u32,
     };
-    if WATCHED_FDS.insert(&key, &*state, 0).is_err()
-        || WATCHED_FILES.insert(&file, &key, 0).is_err()
+    if WATCHED_FDS.insert(&fd_key, &*state, 0).is_err()
+        || WATCHED_FILES.insert(&file, &fd_key, 0).is_err()
     {
         count(Counter::DropMapFull);
     }
@@ -305,42 +322,51 @@ pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
     Ok(())
 }
 
-/// Open dedupe of a successful watched open. `None`: the same process opened the same inode
-/// with the same flags, reported less than the window ago; the open is only counted. Otherwise
-/// the key's running total of counted opens (low 32 bits), for the event; the window restarts.
 #[inline(always)]
-fn dedupe(tgid: u32, flags: u32, dev: u64, ino: u64) -> Option<u32> {
-    let window_ms = setting(Setting::OpenDedupeMs);
-    if window_ms == 0 {
-        return Some(0);
-    }
-    let key = OpenDedupeKey {
+fn dedupe_key(tgid: u32, flags: u32, dev: u64, ino: u64) -> OpenDedupeKey {
+    OpenDedupeKey {
         tgid,
         flags,
         dev,
         ino,
+    }
+}
+
+/// Open dedupe: whether this open repeats `key` less than `window_ns` after its reported
+/// open. Then it is only counted: no event, and its fd is not tracked (no close event, no
+/// bytes read).
+#[inline(always)]
+fn counted_repeat(key: &OpenDedupeKey, window_ns: u64) -> bool {
+    let Some(state) = OPEN_DEDUPE.get_ptr_mut(key) else {
+        return false;
     };
+    let start = unsafe { core::ptr::read_volatile(&raw const (*state).window_start_ns) };
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    if let Some(state) = OPEN_DEDUPE.get_ptr_mut(&key) {
-        let start = unsafe { core::ptr::read_volatile(&raw const (*state).window_start_ns) };
-        if now.wrapping_sub(start) < window_ms as u64 * 1_000_000 {
-            // Threads of one process may open the same file on several CPUs at once.
-            unsafe {
-                atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).repeats, 1)
-            };
-            count(Counter::OpensDeduped);
-            return None;
-        }
+    if now.wrapping_sub(start) >= window_ns {
+        return false;
+    }
+    // Threads of one process may open the same file on several CPUs at once.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).repeats, 1) };
+    count(Counter::OpensDeduped);
+    true
+}
+
+/// Open dedupe of a watched open that is reported: starts the key's window and returns its
+/// running total of counted opens (low 32 bits) for the event; 0 for a new key.
+#[inline(always)]
+fn dedupe_window(key: &OpenDedupeKey) -> u32 {
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(state) = OPEN_DEDUPE.get_ptr_mut(key) {
         unsafe { core::ptr::write_volatile(&raw mut (*state).window_start_ns, now) };
-        return Some(unsafe { core::ptr::read_volatile(&raw const (*state).repeats) } as u32);
+        return unsafe { core::ptr::read_volatile(&raw const (*state).repeats) } as u32;
     }
     let state = OpenDedupeState {
         window_start_ns: now,
         repeats: 0,
     };
     // A failed insert only means the next open is reported again.
-    let _ = OPEN_DEDUPE.insert(&key, &state, 0);
-    Some(0)
+    let _ = OPEN_DEDUPE.insert(key, &state, 0);
+    0
 }
 
 /// The name and path scratch buffers of the open handlers.
