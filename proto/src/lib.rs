@@ -180,6 +180,7 @@ mod tests {
             flags: 0o2_000_000,
             fd: Some(5),
             error: None,
+            repeats: Some(3),
             ..FileOpen::default()
         };
         file_open.set_access(FileAccess::Read);
@@ -329,6 +330,7 @@ mod tests {
                         opens_matched: 40,
                         paths_truncated: 1,
                         udp_deduped: 900,
+                        opens_deduped: 120,
                     }),
                     kernel_drops: 6,
                     decoded: 9_994,

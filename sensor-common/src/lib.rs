@@ -275,7 +275,10 @@ pub struct FileOpenEvent {
     /// Failed opens ([`PATH_UNRESOLVED`]): the path ends with this many bytes of the string the
     /// process passed (the rest is the directory it was relative to). 0 otherwise.
     pub requested_len: u32,
-    pub _pad: u32,
+    /// Open dedupe ([`Setting::OpenDedupeMs`]): the kernel's running total of opens of this
+    /// [`OpenDedupeKey`] it counted instead of reporting (userspace reports the difference to
+    /// the previous total). 0 for a key the kernel saw for the first time.
+    pub repeats: u32,
 }
 
 /// `FileCloseEvent::reason`: the process called `close`.
@@ -352,6 +355,28 @@ pub struct SockAddr {
 pub struct UdpFlowKey {
     pub cookie: u64,
     pub dst: SockAddr,
+}
+
+/// What makes two successful watched opens "the same" for dedupe: one process, one inode,
+/// the same open flags. A different process, inode (a replaced file) or flag is a new key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OpenDedupeKey {
+    pub tgid: u32,
+    /// `f_flags` of the opened file, as reported in `FileOpenEvent::open_flags`.
+    pub flags: u32,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+/// Per [`OpenDedupeKey`]: when its current window started (boot clock) and how many opens the
+/// kernel counted instead of reporting, in total (only ever grows, so userspace can read it
+/// without racing the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenDedupeState {
+    pub window_start_ns: u64,
+    pub repeats: u64,
 }
 
 /// An outbound connect (TCP or UDP), seen in the connecting process's context by the cgroup
@@ -466,6 +491,9 @@ pub enum Setting {
     NameSuffixRules = 3,
     /// Number of watched Unix socket paths; 0 skips the connect-path read entirely.
     UnixSockets = 4,
+    /// Open dedupe window in ms: a watched open repeating an [`OpenDedupeKey`] reported less
+    /// than this long ago is counted, not reported. 0 reports every open.
+    OpenDedupeMs = 5,
 }
 pub const SETTINGS_LEN: u32 = 8;
 
@@ -493,12 +521,14 @@ pub enum Counter {
     PathsTruncated = 11,
     /// UDP sends suppressed because the flow was already reported.
     UdpDeduped = 12,
+    /// Watched opens counted instead of reported (open dedupe).
+    OpensDeduped = 13,
 }
 
 impl Counter {
     pub const FIRST_INFO: u32 = 8;
     pub const LEN: u32 = 16;
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 10] = [
         Counter::DropRingbufFull,
         Counter::DropNoScratch,
         Counter::DropMapFull,
@@ -508,6 +538,7 @@ impl Counter {
         Counter::OpensMatched,
         Counter::PathsTruncated,
         Counter::UdpDeduped,
+        Counter::OpensDeduped,
     ];
 
     pub fn name(self) -> &'static str {
@@ -521,6 +552,7 @@ impl Counter {
             Counter::OpensMatched => "opens_matched",
             Counter::PathsTruncated => "paths_truncated",
             Counter::UdpDeduped => "udp_deduped",
+            Counter::OpensDeduped => "opens_deduped",
         }
     }
 
@@ -536,6 +568,8 @@ mod pod {
     // pattern is a valid value.
     unsafe impl aya::Pod for FdKey {}
     unsafe impl aya::Pod for FdState {}
+    unsafe impl aya::Pod for OpenDedupeKey {}
+    unsafe impl aya::Pod for OpenDedupeState {}
     unsafe impl aya::Pod for KernelOffsets {}
 }
 

@@ -6,14 +6,15 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_user,
-        generated::{bpf_probe_read_kernel, bpf_probe_read_user_str},
+        generated::{bpf_ktime_get_boot_ns, bpf_probe_read_kernel, bpf_probe_read_user_str},
     },
     programs::TracePointContext,
 };
 use sensor_common::{
     CLOSE_EXIT, CLOSE_SYSCALL, Counter, EventKind, FdKey, FdState, FileCloseEvent, FileOpenEvent,
-    NAME_KEY_LEN, OpenArgs, PATH_BUF, PATH_TRUNCATED, PATH_UNRESOLVED, PREFIX_KEY_LEN, PathInfo,
-    Setting, WATCH_NAME, WATCH_NAME_PREFIX, WATCH_NAME_SUFFIX, WATCH_PREFIX, WATCH_TRUNCATED,
+    NAME_KEY_LEN, OpenArgs, OpenDedupeKey, OpenDedupeState, PATH_BUF, PATH_TRUNCATED,
+    PATH_UNRESOLVED, PREFIX_KEY_LEN, PathInfo, Setting, WATCH_NAME, WATCH_NAME_PREFIX,
+    WATCH_NAME_SUFFIX, WATCH_PREFIX, WATCH_TRUNCATED,
 };
 
 use crate::{
@@ -23,9 +24,9 @@ use crate::{
         zero_in_place, zero_words,
     },
     maps::{
-        EVENT_SCRATCH, INFLIGHT_READS, NAME_SCRATCH, OPEN_ARGS, PATH_SCRATCH, SETTINGS,
-        WATCH_NAME_PREFIXES, WATCH_NAME_SUFFIXES, WATCH_NAMES, WATCH_PREFIXES, WATCHED_FDS,
-        WATCHED_FILES,
+        EVENT_SCRATCH, INFLIGHT_READS, NAME_SCRATCH, OPEN_ARGS, OPEN_DEDUPE, PATH_SCRATCH,
+        SETTINGS, WATCH_NAME_PREFIXES, WATCH_NAME_SUFFIXES, WATCH_NAMES, WATCH_PREFIXES,
+        WATCHED_FDS, WATCHED_FILES,
     },
     path,
     scratch::{NameScratch, PathScratch},
@@ -262,8 +263,19 @@ pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
     let name_len = read::<u32>(dentry, off!(dentry_d_name_len)).unwrap_or(0);
     let name = read_ptr(dentry, off!(dentry_d_name_name)).unwrap_or(0);
     match_name(ns, name, name_len);
-    if matched(ns) == 0 && setting(Setting::PrefixRules) == 0 {
+    let by_name = matched(ns) != 0;
+    if !by_name && setting(Setting::PrefixRules) == 0 {
         return Ok(());
+    }
+    let window_ns = setting(Setting::OpenDedupeMs) as u64 * 1_000_000;
+    // A file watched by name: a repeat inside the window costs one lookup, not the path
+    // walk (the inode decides, whatever the path it was opened by). Unwatched opens pay
+    // nothing for dedupe: they never get past the walk.
+    if by_name && window_ns != 0 {
+        let (dev, ino, _) = inode_ids(file);
+        if counted_repeat(&dedupe_key(tgid, f_flags, dev, ino), window_ns) {
+            return Ok(());
+        }
     }
     let (root_dentry, root_mnt) = path::task_root(task);
     path::resolve(ps, dentry, vfsmnt, root_dentry, root_mnt);
@@ -271,6 +283,16 @@ pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
         return Ok(());
     }
     let (dev, ino, mode) = inode_ids(file);
+    let key = dedupe_key(tgid, f_flags, dev, ino);
+    // Watched by prefix: known only now.
+    if !by_name && window_ns != 0 && counted_repeat(&key, window_ns) {
+        return Ok(());
+    }
+    let repeats = if window_ns != 0 {
+        dedupe_window(&key)
+    } else {
+        0
+    };
     // Zeroed first, then filled: a literal with adjacent zero fields becomes a `memset` call.
     let mut slot = core::mem::MaybeUninit::<FdState>::uninit();
     let state = zero_in_place(&mut slot);
@@ -278,17 +300,73 @@ pub fn open_ok(ret: i64, syscall_nr: u32) -> Result<(), i64> {
     state.dev = dev;
     state.ino = ino;
     state.open_boot_ns = header(EventKind::FileOpen, 0).boot_ns;
-    let key = FdKey {
+    let fd_key = FdKey {
         tgid,
         fd: ret as u32,
     };
-    if WATCHED_FDS.insert(&key, &*state, 0).is_err()
-        || WATCHED_FILES.insert(&file, &key, 0).is_err()
+    if WATCHED_FDS.insert(&fd_key, &*state, 0).is_err()
+        || WATCHED_FILES.insert(&file, &fd_key, 0).is_err()
     {
         count(Counter::DropMapFull);
     }
-    emit_open(syscall_nr, ns, ps, ret, f_flags, (dev, ino, mode), 0);
+    emit_open(
+        syscall_nr,
+        ns,
+        ps,
+        ret,
+        f_flags,
+        (dev, ino, mode),
+        0,
+        repeats,
+    );
     Ok(())
+}
+
+#[inline(always)]
+fn dedupe_key(tgid: u32, flags: u32, dev: u64, ino: u64) -> OpenDedupeKey {
+    OpenDedupeKey {
+        tgid,
+        flags,
+        dev,
+        ino,
+    }
+}
+
+/// Open dedupe: whether this open repeats `key` less than `window_ns` after its reported
+/// open. Then it is only counted: no event, and its fd is not tracked (no close event, no
+/// bytes read).
+#[inline(always)]
+fn counted_repeat(key: &OpenDedupeKey, window_ns: u64) -> bool {
+    let Some(state) = OPEN_DEDUPE.get_ptr_mut(key) else {
+        return false;
+    };
+    let start = unsafe { core::ptr::read_volatile(&raw const (*state).window_start_ns) };
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if now.wrapping_sub(start) >= window_ns {
+        return false;
+    }
+    // Threads of one process may open the same file on several CPUs at once.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*state).repeats, 1) };
+    count(Counter::OpensDeduped);
+    true
+}
+
+/// Open dedupe of a watched open that is reported: starts the key's window and returns its
+/// running total of counted opens (low 32 bits) for the event; 0 for a new key.
+#[inline(always)]
+fn dedupe_window(key: &OpenDedupeKey) -> u32 {
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(state) = OPEN_DEDUPE.get_ptr_mut(key) {
+        unsafe { core::ptr::write_volatile(&raw mut (*state).window_start_ns, now) };
+        return unsafe { core::ptr::read_volatile(&raw const (*state).repeats) } as u32;
+    }
+    let state = OpenDedupeState {
+        window_start_ns: now,
+        repeats: 0,
+    };
+    // A failed insert only means the next open is reported again.
+    let _ = OPEN_DEDUPE.insert(key, &state, 0);
+    0
 }
 
 /// The name and path scratch buffers of the open handlers.
@@ -390,7 +468,7 @@ pub fn open_failed(args: &OpenArgs, ret: i64, syscall_nr: u32) -> Result<(), i64
         return Ok(());
     }
     let requested = unsafe { core::ptr::read_volatile(&raw const (*ns).raw_len) } & POS_MASK;
-    emit_open(syscall_nr, ns, ps, ret, args.flags, (0, 0, 0), requested);
+    emit_open(syscall_nr, ns, ps, ret, args.flags, (0, 0, 0), requested, 0);
     Ok(())
 }
 
@@ -420,6 +498,10 @@ fn decide(ns: *mut NameScratch, ps: *mut PathScratch) -> bool {
 /// Builds and sends a `FileOpenEvent` for the path in `ps`. `inode` is (dev, ino, mode), zeros
 /// when the open failed.
 #[inline(always)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "every field of the event; a struct would be one more copy on the BPF stack"
+)]
 fn emit_open(
     syscall_nr: u32,
     ns: *mut NameScratch,
@@ -428,6 +510,7 @@ fn emit_open(
     open_flags: u32,
     inode: (u64, u64, u32),
     requested_len: u32,
+    repeats: u32,
 ) {
     let Some(buf) = EVENT_SCRATCH.get_ptr_mut(0) else {
         count(Counter::DropNoScratch);
@@ -451,7 +534,7 @@ fn emit_open(
     ev.open_flags = open_flags;
     ev.syscall_nr = syscall_nr;
     ev.requested_len = requested_len;
-    ev._pad = 0;
+    ev.repeats = repeats;
     ev.matched = matched(ns);
     let dst = unsafe { (buf as *mut u8).add(fixed) };
     let src = unsafe {

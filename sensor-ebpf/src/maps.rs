@@ -6,8 +6,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    Counter, Creds, FdKey, FdState, NameKeyData, NetResultEvent, OpenArgs, PrefixKeyData,
-    SETTINGS_LEN, UdpFlowKey, UnixConnectArgs, UnixPathKey,
+    Counter, Creds, FdKey, FdState, NameKeyData, NetResultEvent, OpenArgs, OpenDedupeKey,
+    OpenDedupeState, PrefixKeyData, SETTINGS_LEN, UdpFlowKey, UnixConnectArgs, UnixPathKey,
 };
 
 use crate::scratch::{EventScratch, NameScratch, PathScratch};
@@ -46,6 +46,15 @@ pub static WATCH_NAME_SUFFIXES: LpmTrie<NameKeyData, u32> = LpmTrie::with_max_en
 /// beyond what credential files see; a full map is counted as `map_full`.
 #[map]
 pub static WATCHED_FDS: HashMap<FdKey, FdState> = HashMap::with_max_entries(16384, 0);
+
+/// Open dedupe: (process, inode, flags) of reported watched opens → window and count of the
+/// opens counted instead of reported. LRU: a process re-reading many files pushes out the
+/// oldest keys, whose next open is then simply reported again. 16,384 keys is far more than
+/// the credential files processes hold in a window; userspace removes a process's keys when it
+/// exits or execs.
+#[map]
+pub static OPEN_DEDUPE: LruHashMap<OpenDedupeKey, OpenDedupeState> =
+    LruHashMap::with_max_entries(16384, 0);
 
 /// Thread id → arguments of an open syscall in flight (for reporting failed opens).
 #[map]

@@ -167,6 +167,16 @@ pub struct RunArgs {
     /// handshakes; a SYN that times out takes minutes.
     #[arg(long, default_value_t = 2000)]
     pub connect_wait_ms: u64,
+
+    /// Open dedupe window (ms): a watched file opened again by the same process, with the same
+    /// flags, within this long of its last reported open is counted in the kernel instead of
+    /// reported; the count follows as `file.repeats` on the next report (a summary `file.open`
+    /// without `fd` once the window has passed, or when the process exits or execs). 0 reports
+    /// every open. 1 s turns a process re-reading a credential in a loop into about one event
+    /// a second; first opens, other processes, other flags or inodes and failed opens are
+    /// always reported.
+    #[arg(long, default_value_t = 1000)]
+    pub open_dedupe_ms: u32,
 }
 
 #[derive(Debug, Args)]

@@ -42,6 +42,7 @@
 //! metrics_addr = "127.0.0.1:9464"
 //! stats_interval = 10
 //! connect_wait_ms = 2000
+//! open_dedupe_ms = 1000              # 0: report every watched open (no in-kernel dedupe)
 //! ring_mib = 8
 //! disable_hooks = []                 # e.g. ["fentry"]
 //!
@@ -112,6 +113,7 @@ pub struct ConfigFile {
     pub metrics_addr: Option<String>,
     pub stats_interval: Option<u64>,
     pub connect_wait_ms: Option<u64>,
+    pub open_dedupe_ms: Option<u32>,
     pub ring_mib: Option<u32>,
     pub disable_hooks: Option<Vec<String>>,
     #[serde(default)]
@@ -319,6 +321,7 @@ impl ConfigFile {
             args.connect_wait_ms,
             self.connect_wait_ms
         );
+        take!("open_dedupe_ms", args.open_dedupe_ms, self.open_dedupe_ms);
         take!("ring_mib", args.kernel.ring_mib, self.ring_mib);
         take!(
             "disable_hooks",

@@ -218,7 +218,7 @@ pub struct CredSet {
     pub cap_effective: String,
 }
 
-#[derive(Debug, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct File {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -251,6 +251,10 @@ pub struct File {
     pub reads: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
+    /// Open dedupe: opens of this file with these flags by this process that the kernel
+    /// counted instead of reporting since the previous report of them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

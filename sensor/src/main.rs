@@ -19,6 +19,7 @@ mod hooks;
 mod http;
 mod identity;
 mod metrics;
+mod open_dedupe;
 mod pipeline;
 mod process_table;
 mod procfs;

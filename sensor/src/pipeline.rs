@@ -20,6 +20,7 @@ use crate::{
     env_vars,
     event::{self, Endpoint, Errno, Event, Ids, Network},
     identity::Resolver,
+    open_dedupe::{OpenDedupe, Reported, Summary},
     process_table::ProcessTable,
     procfs::{self, CgroupPaths, Users},
     rules::RuleSet,
@@ -114,6 +115,7 @@ pub struct Pipeline<W: Write> {
     metrics: std::sync::Arc<crate::status::PipelineMetrics>,
     /// The detection rules, shown every emitted event; `None`: detections off.
     detector: Option<crate::detect::Detector>,
+    dedupe: OpenDedupe,
 }
 
 pub struct PipelineParts {
@@ -133,6 +135,7 @@ pub struct PipelineParts {
     pub print: bool,
     pub metrics: std::sync::Arc<crate::status::PipelineMetrics>,
     pub detector: Option<crate::detect::Detector>,
+    pub dedupe: OpenDedupe,
 }
 
 impl<W: Write> Pipeline<W> {
@@ -152,6 +155,7 @@ impl<W: Write> Pipeline<W> {
             print,
             metrics,
             detector,
+            dedupe,
         } = parts;
         Self {
             out,
@@ -178,6 +182,7 @@ impl<W: Write> Pipeline<W> {
             by_kind: BTreeMap::new(),
             metrics,
             detector,
+            dedupe,
         }
     }
 
@@ -371,6 +376,8 @@ impl<W: Write> Pipeline<W> {
                 let start = procfs::start_ticks_from_ns(ev.task.start_ns);
                 let argv = event::split_args(&args);
                 let exe = (!exe.is_empty()).then_some(exe);
+                // The old program's counted opens are its own; the new one starts afresh.
+                self.end_dedupe(ev.task.tgid, ev.header.boot_ns)?;
                 self.table.on_exec(ev.task.tgid, start, exe, argv.clone());
                 let mut out = self.new_event("process.exec", ev.header.boot_ns);
                 out.process = Some(self.process(&ev.task));
@@ -401,6 +408,7 @@ impl<W: Write> Pipeline<W> {
             }
             KernelEvent::Exit(ev) => {
                 let process = self.process(&ev.task);
+                self.end_dedupe(ev.task.tgid, ev.header.boot_ns)?;
                 self.close_on_exit(ev.task.tgid, ev.header.boot_ns, &process)?;
                 let mut out = self.new_event("process.exit", ev.header.boot_ns);
                 out.process = Some(process);
@@ -669,7 +677,51 @@ impl<W: Write> Pipeline<W> {
             matched: Some(matched),
             ..Default::default()
         });
+        if ev.ret < 0 || !self.dedupe.enabled() {
+            return self.emit(&mut out);
+        }
+        let key = (ev.open_flags, ev.dev, ev.ino);
+        let repeats = self.dedupe.repeats_before(tgid, key, ev.repeats);
+        if let Some(f) = out.file.as_mut() {
+            f.repeats = (repeats > 0).then_some(repeats);
+        }
+        self.emit(&mut out)?;
+        let (Some(process), Some(file)) = (out.process, out.file) else {
+            return Ok(());
+        };
+        let last = Reported {
+            process,
+            workload: out.workload,
+            identity: out.identity,
+            credential: out.credential,
+            file,
+        };
+        self.dedupe.reported(tgid, key, ev.repeats, last);
+        Ok(())
+    }
+
+    /// A summary `file.open`: opens counted in the kernel after the last reported one.
+    fn emit_summary(&mut self, s: Summary, boot_ns: u64) -> std::io::Result<()> {
+        let Summary { repeats, last } = s;
+        let mut out = self.new_event("file.open", boot_ns);
+        out.process = Some(last.process);
+        out.workload = last.workload;
+        out.identity = last.identity;
+        out.credential = last.credential;
+        out.file = Some(event::File {
+            fd: None,
+            repeats: Some(repeats),
+            ..last.file
+        });
         self.emit(&mut out)
+    }
+
+    /// Reports what a process that exits or execs still has counted, and forgets its keys.
+    fn end_dedupe(&mut self, tgid: u32, boot_ns: u64) -> std::io::Result<()> {
+        for s in self.dedupe.end(tgid) {
+            self.emit_summary(s, boot_ns)?;
+        }
+        Ok(())
     }
 
     fn connect_result(&mut self, r: sensor_common::NetResultEvent) -> std::io::Result<()> {
@@ -780,6 +832,12 @@ impl<W: Write> Pipeline<W> {
         }
         self.late
             .retain(|_, (_, t)| now.duration_since(*t) < LATE_RESULT_MEMORY);
+        if self.dedupe.enabled() {
+            let boot_ns = clock_ns(libc::CLOCK_BOOTTIME).max(0) as u64;
+            for s in self.dedupe.due() {
+                self.emit_summary(s, boot_ns)?;
+            }
+        }
         if progress {
             self.read_progress()?;
             self.table.reap();

@@ -320,6 +320,16 @@ impl Sensor {
                 .arg(t.join("store"));
             t
         });
+        // Open dedupe (on by default) reports a process's repeated opens of one file as one
+        // event with a count. These tests count opens one event each, so they run without it;
+        // `kernel.rs` tests dedupe itself by passing its own window.
+        if args
+            .first()
+            .is_some_and(|a| a.as_ref() == OsStr::new("run"))
+            && !given("--open-dedupe-ms")
+        {
+            cmd.args(["--open-dedupe-ms", "0"]);
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

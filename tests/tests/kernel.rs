@@ -282,6 +282,96 @@ fn symlink_and_dotdot_give_real_path() {
     );
 }
 
+/// Open dedupe: one process opening the same watched file N times inside the window gives one
+/// `file.open` for the first, and the other N-1 as one event's `file.repeats` (the next open
+/// after the window, or a summary without `fd` once the window has passed); another
+/// process's open of the same file meanwhile is still reported.
+#[test]
+fn repeated_opens_are_counted_in_the_kernel() {
+    let Some(_g) = setup("repeated_opens_are_counted_in_the_kernel") else {
+        return;
+    };
+    const N: u64 = 300;
+    let d = TempDir::new("dedupe");
+    let file = d.write("token", b"secret\n");
+    let path = path_str(&file).to_string();
+    let want = canon(&file);
+    let sensor = Sensor::watching(&[d.path()], &["--open-dedupe-ms", "1000"]);
+    let n = N.to_string();
+    let mut a = spawn_actor(&[
+        "--open-loop",
+        &path,
+        &n,
+        "--sleep-ms",
+        "2500",
+        "--open",
+        &path,
+        "--exit",
+        "0",
+    ]);
+    let pid_a = a.pid();
+    a.expect_step("start");
+    assert_eq!(get_u64(&a.expect_ok("open-loop"), "opened"), Some(N));
+    // Another process, inside A's window: reported on its own.
+    let mut b = spawn_actor(&["--open", &path, "--exit", "0"]);
+    let pid_b = b.pid();
+    b.expect_step("start");
+    let fd_b = step_fd(&b.expect_ok("open"));
+    b.expect_step("exit");
+    b.wait();
+    a.expect_step("sleep-ms");
+    let fd_a = step_fd(&a.expect_ok("open"));
+    a.expect_step("exit");
+    a.wait();
+
+    sensor.wait_for("B's open", WAIT, |e| {
+        is_kind_pid(e, "file.open", pid_b) && get_u64(e, "file.fd") == Some(fd_b)
+    });
+    sensor.wait_for("A's open after the window", WAIT, |e| {
+        is_kind_pid(e, "file.open", pid_a) && get_u64(e, "file.fd") == Some(fd_a)
+    });
+    let stopped = finish(sensor);
+    let of_a: Vec<&Value> = stopped
+        .events
+        .iter()
+        .filter(|e| is_kind_pid(e, "file.open", pid_a))
+        .collect();
+    for e in &of_a {
+        assert_eq!(get_str(e, "file.path"), Some(want.as_str()), "{e}");
+    }
+    let reported = of_a
+        .iter()
+        .filter(|e| get_u64(e, "file.fd").is_some())
+        .count();
+    let with_repeats: Vec<u64> = of_a
+        .iter()
+        .filter_map(|e| get_u64(e, "file.repeats"))
+        .collect();
+    assert_eq!(
+        reported,
+        2,
+        "A's first open and its open after the window are reported: {}",
+        stopped.dump(20)
+    );
+    assert_eq!(
+        with_repeats,
+        vec![N - 1],
+        "one event carries the N-1 counted opens: {}",
+        stopped.dump(20)
+    );
+    assert_eq!(
+        stopped.count(|e| is_kind_pid(e, "file.open", pid_b)),
+        1,
+        "B's open is reported: {}",
+        stopped.dump(20)
+    );
+    let st = stopped.final_stats();
+    assert!(
+        get_u64(st, "stats.kernel.opens_deduped").is_some_and(|c| c >= N - 1),
+        "the kernel counted the repeats: {st}"
+    );
+}
+
 /// Creates `levels` nested directories named `name_of(i)` under `base` with *at() calls (the
 /// full path exceeds PATH_MAX) and a file `file.txt` with `content` in the deepest one.
 fn make_deep_tree(base: &Path, levels: usize, name_of: impl Fn(usize) -> String, content: &[u8]) {

@@ -314,7 +314,7 @@ fn file_open(ev: &pb::Event, p: &pb::Process, x: &pb::FileOpen) -> Mapped {
         None => format!("{} opened {path}", label(p)),
         Some(why) => format!("{} failed to open {path}: {why}", label(p)),
     };
-    let o = json!({
+    let mut o = json!({
         "file": f, "access_mask": x.flags, "message": message,
         "unmapped": {"file": {
             "fd": x.fd, "flags": x.flags, "matched": matched,
@@ -323,6 +323,9 @@ fn file_open(ev: &pb::Event, p: &pb::Process, x: &pb::FileOpen) -> Mapped {
             "path_requested": x.path_requested,
         }},
     });
+    if let Some(n) = x.repeats {
+        o["unmapped"]["file"]["repeats"] = json!(n);
+    }
     (FILE_ACTIVITY, 14, "Open", with_status(o, status))
 }
 
@@ -447,7 +450,7 @@ fn stats(ev: &pb::Event, x: &pb::SensorStats) -> Mapped {
             "ringbuf_full": k.ringbuf_full, "no_scratch": k.no_scratch, "map_full": k.map_full,
             "read_error": k.read_error, "emitted": k.emitted, "opens_seen": k.opens_seen,
             "opens_matched": k.opens_matched, "paths_truncated": k.paths_truncated,
-            "udp_deduped": k.udp_deduped,
+            "udp_deduped": k.udp_deduped, "opens_deduped": k.opens_deduped,
         },
         "kernel_drops": x.kernel_drops, "decoded": x.decoded, "decode_errors": x.decode_errors,
         "final": x.r#final, "filtered_in_userspace": x.filtered_in_userspace,

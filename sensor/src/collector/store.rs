@@ -146,12 +146,13 @@ impl Store {
         let now_ns = now_ns();
         let mut c = Committed::default();
         let (mut durable, mut stored, mut dups, mut lost, mut gaps): (u64, u64, u64, u64, u64) = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT durable, stored, duplicates, lost, gaps FROM streams
                  WHERE sensor_id = ?1 AND stream_id = ?2",
-                params![sensor.sensor_id, sensor.stream_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-            )
+            )?
+            .query_row(params![sensor.sensor_id, sensor.stream_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()?
             .unwrap_or_default();
         {
@@ -210,26 +211,26 @@ impl Store {
                 stored += 1;
             }
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO streams (sensor_id, stream_id, durable, stored, duplicates, lost, gaps,
                                   node, boot_id, last_seen_ns)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (sensor_id, stream_id) DO UPDATE SET durable = ?3, stored = ?4,
                 duplicates = ?5, lost = ?6, gaps = ?7, node = ?8, boot_id = ?9,
                 last_seen_ns = ?10",
-            params![
-                sensor.sensor_id,
-                sensor.stream_id,
-                durable as i64,
-                stored as i64,
-                dups as i64,
-                lost as i64,
-                gaps as i64,
-                sensor.node_name,
-                sensor.boot_id,
-                now_ns,
-            ],
-        )?;
+        )?
+        .execute(params![
+            sensor.sensor_id,
+            sensor.stream_id,
+            durable as i64,
+            stored as i64,
+            dups as i64,
+            lost as i64,
+            gaps as i64,
+            sensor.node_name,
+            sensor.boot_id,
+            now_ns,
+        ])?;
         tx.commit().context("committing a batch to the store")?;
         c.durable = durable;
         Ok(c)

@@ -6,8 +6,9 @@
 //! namespace is seen ([`RootHandles`]). Lookups use `openat2(RESOLVE_IN_ROOT |
 //! RESOLVE_NO_MAGICLINKS)`: symlinks cannot escape that root, and `/proc` magic links cannot be
 //! followed. Only regular files are read (`O_NONBLOCK` + `fstat` first: a FIFO, device or socket
-//! is never read), at most [`READ_CAP`] bytes, on a helper thread the event loop waits for at
-//! most [`IO_TIMEOUT`] — a hung filesystem costs one parked thread, never the event path.
+//! is never read), at most [`READ_CAP`] bytes, on a helper thread (kept for the next read) the
+//! event loop waits for at most [`IO_TIMEOUT`] — a hung filesystem costs one parked thread,
+//! never the event path.
 //!
 //! A file is parsed once per (device, inode, mtime, size); later opens reuse the result.
 
@@ -17,7 +18,7 @@ use std::{
     io::Read as _,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{
-        Arc,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicUsize, Ordering},
         mpsc,
     },
@@ -184,6 +185,60 @@ impl RootHandles {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Helper threads kept for bounded I/O. Starting a thread per credential open cost more than
+/// the open itself (a process re-reading a key thousands of times a second); idle helpers wait
+/// here for the next job instead.
+struct HelperPool {
+    jobs: Mutex<mpsc::Sender<Job>>,
+    queue: Arc<Mutex<mpsc::Receiver<Job>>>,
+    /// Helper threads started (they never exit).
+    threads: AtomicUsize,
+}
+
+impl HelperPool {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel();
+        Self {
+            jobs: Mutex::new(tx),
+            queue: Arc::new(Mutex::new(rx)),
+            threads: AtomicUsize::new(0),
+        }
+    }
+
+    /// Queues `job`, first starting a helper unless one is surely free: `busy` jobs (this one
+    /// included) are submitted and unfinished, and every helper runs one job at a time.
+    fn submit(&self, busy: usize, job: Job) -> std::io::Result<()> {
+        if self.threads.load(Ordering::Acquire) < busy {
+            let queue = self.queue.clone();
+            std::thread::Builder::new()
+                .name("credential-io".into())
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting; the job runs without it.
+                        let next = queue.lock().expect("helper queue").recv();
+                        match next {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                })?;
+            self.threads.fetch_add(1, Ordering::AcqRel);
+        }
+        self.jobs
+            .lock()
+            .expect("helper jobs")
+            .send(job)
+            .map_err(|_| std::io::Error::other("helper queue closed"))
+    }
+}
+
+fn helpers() -> &'static HelperPool {
+    static POOL: OnceLock<HelperPool> = OnceLock::new();
+    POOL.get_or_init(HelperPool::new)
+}
+
 /// Runs `f` on a helper thread and waits at most [`IO_TIMEOUT`].
 fn bounded<T: Send + 'static>(
     in_flight: &Arc<AtomicUsize>,
@@ -197,21 +252,26 @@ fn bounded<T: Send + 'static>(
     }
     let (tx, rx) = mpsc::sync_channel(1);
     let counter = in_flight.clone();
+    let busy = HELPERS_BUSY.fetch_add(1, Ordering::AcqRel) + 1;
     counter.fetch_add(1, Ordering::AcqRel);
-    let spawned = std::thread::Builder::new()
-        .name("credential-io".into())
-        .spawn(move || {
-            let r = f();
-            counter.fetch_sub(1, Ordering::AcqRel);
-            let _ = tx.send(r);
-        });
-    if let Err(e) = spawned {
+    let job: Job = Box::new(move || {
+        let r = f();
+        counter.fetch_sub(1, Ordering::AcqRel);
+        HELPERS_BUSY.fetch_sub(1, Ordering::AcqRel);
+        let _ = tx.send(r);
+    });
+    if let Err(e) = helpers().submit(busy, job) {
         in_flight.fetch_sub(1, Ordering::AcqRel);
+        HELPERS_BUSY.fetch_sub(1, Ordering::AcqRel);
         return Err(format!("{what}: cannot start a helper thread: {e}"));
     }
     rx.recv_timeout(IO_TIMEOUT)
         .map_err(|_| format!("{what} timed out after {} ms", IO_TIMEOUT.as_millis()))
 }
+
+/// Jobs submitted to the helpers and not finished, over every caller (each caller's own
+/// `in_flight` bounds its hung reads).
+static HELPERS_BUSY: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Credential {

@@ -363,6 +363,7 @@ fn payload(ev: &event::Event) -> Option<pb::event::Payload> {
                     .map(|m| file_match(m) as i32)
                     .collect(),
                 path_requested: f.path_requested.clone(),
+                repeats: f.repeats,
             }));
         }
         return Some(Payload::FileClose(pb::FileClose {
@@ -405,6 +406,7 @@ fn payload(ev: &event::Event) -> Option<pb::event::Payload> {
                 opens_matched: k("opens_matched"),
                 paths_truncated: k("paths_truncated"),
                 udp_deduped: k("udp_deduped"),
+                opens_deduped: k("opens_deduped"),
             }),
             kernel_drops: s.kernel_drops,
             decoded: s.decoded,

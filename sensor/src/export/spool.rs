@@ -21,8 +21,9 @@
 //! flush: like a crash, it loses unflushed appends, whose sequences are then assigned again
 //! unless a state write had counted them (then they are reported lost). A sequence a reader has
 //! seen is never reused: reads flush first, and evicted ranges are fsynced into the state before
-//! their files go. An ack is renamed into place at once and fsynced before a segment it frees is
-//! deleted, so power loss can only roll it back to records that still exist.
+//! their files go. An ack that frees a segment is renamed into place and fsynced before the
+//! segment is deleted, so power loss can only roll it back to records that still exist; an ack
+//! that frees none is written by the next sync (a crash before it resends stored events).
 //!
 //! # Recovery
 //! [`Spool::open`] scans every segment. A bad frame at the end of the newest one (cut short, or
@@ -503,7 +504,13 @@ impl Spool {
         let segments = self.segments.iter().take(deletable);
         let n = segments.take_while(|s| s.last <= durable_sequence).count();
         self.state_synced = false;
-        self.write_state(n > 0)?;
+        if n == 0 {
+            // Nothing to delete: the next sync (about once a second) records the ack. Until
+            // then a crash only makes the exporter resend what the collector holds (it
+            // deduplicates), and a rename per ack cost more than the batch it acknowledged.
+            return Ok(());
+        }
+        self.write_state(true)?;
         let doomed: Vec<u64> = self.segments.drain(..n).map(|s| s.first).collect();
         self.total_bytes = self.segments.iter().map(|s| s.bytes).sum();
         self.remove_segments(&doomed);

@@ -38,7 +38,7 @@ pub fn probe(ctx: &Ctx) -> anyhow::Result<Probe> {
     say!("footprint and per-program costs");
     let others = procs::wait_for_no_foreign_sensors(super::quiet_wait(&ctx.plan));
     let before: Vec<u64> = kernel::prog_stats()?.into_keys().collect();
-    let mut s = Sensor::start(&ctx.bin, ctx.watched.path(), None)?;
+    let mut s = Sensor::start(&ctx.bin, ctx.watched.path(), None, &[])?;
     let pid = s.pid();
     let hooks = s.hooks();
     let floor_tracepoints = kernel::tracepoints_of(pid)?;

@@ -15,7 +15,14 @@ pub fn saturation(ctx: &Ctx) -> anyhow::Result<Value> {
     say!("saturation");
     let others = procs::wait_for_no_foreign_sensors(super::quiet_wait(&ctx.plan));
     let collector = Collector::start(&ctx.bin)?;
-    let mut s = Sensor::start(&ctx.bin, ctx.watched.path(), Some(&collector))?;
+    // Without open dedupe: the generator's repeated opens of one file are the event stream
+    // whose throughput this measures (with dedupe they would be about one event a second).
+    let mut s = Sensor::start(
+        &ctx.bin,
+        ctx.watched.path(),
+        Some(&collector),
+        &["--open-dedupe-ms", "0"],
+    )?;
     let (spid, cpid) = (s.pid(), collector.pid());
     s.settle(SETTLE_TIMEOUT)?;
 

@@ -102,12 +102,13 @@ pub fn round3(x: f64) -> f64 {
 }
 
 impl Sensor {
-    /// `nhi-sensor run --format none ... --watch WATCH/ --stats-interval 1`, otherwise the
-    /// default configuration; ships to the embedded collector, or to `collector`.
+    /// `nhi-sensor run --format none ... --watch WATCH/ --stats-interval 1 EXTRA...`, otherwise
+    /// the default configuration; ships to the embedded collector, or to `collector`.
     pub fn start(
         bin: &Path,
         watch: &Path,
         collector: Option<&Collector>,
+        extra: &[&str],
     ) -> anyhow::Result<Sensor> {
         let state = TempDir::new("sensor")?;
         let port = free_port()?;
@@ -123,7 +124,8 @@ impl Sensor {
             .arg("--watch")
             .arg(format!("{}/", watch.display()))
             .args(["--stats-interval", "1", "--metrics-addr"])
-            .arg(metrics_addr.to_string());
+            .arg(metrics_addr.to_string())
+            .args(extra);
         if let Some(c) = collector {
             cmd.arg("--collector").arg(format!("http://{}", c.listen));
         }

@@ -209,7 +209,7 @@ fn one_round(
         seen.extend(procs::foreign_sensors(&[]));
     }
     let steal_floor = procs::steal_pct(t);
-    let mut s = Sensor::start(&ctx.bin, ctx.watched.path(), None)?;
+    let mut s = Sensor::start(&ctx.bin, ctx.watched.path(), None, &[])?;
     let startup = s.startup.as_secs_f64();
     let t = procs::cpu_steal();
     pass(ctx, Mode::Sensor, Some(&mut s), r)?;
