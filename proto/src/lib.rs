@@ -373,6 +373,29 @@ mod tests {
                     count: 7,
                 }),
             ),
+            event(
+                15,
+                EventKind::NetworkDns,
+                Payload::Dns(Dns {
+                    query: "api.example.test".into(),
+                    query_type: "A".into(),
+                    rcode: "NOERROR".into(),
+                    id: 4660,
+                    answers: vec![DnsAnswer {
+                        name: "api.example.test".into(),
+                        r#type: "A".into(),
+                        data: "192.0.2.10".into(),
+                        ttl: 60,
+                    }],
+                    resolver: Some(SocketAddress {
+                        ip: "127.0.0.53".into(),
+                        port: 53,
+                    }),
+                    client: None,
+                    cgroup_id: 42,
+                    truncated: false,
+                }),
+            ),
         ]
     }
 
@@ -398,12 +421,13 @@ mod tests {
                 Payload::Stats(_) => "stats",
                 Payload::Unix(_) => "unix",
                 Payload::Loss(_) => "loss",
+                Payload::Dns(_) => "dns",
             };
             payloads_seen.insert(name);
         }
         assert_eq!(
             payloads_seen.len(),
-            10,
+            11,
             "one event per payload: {payloads_seen:?}"
         );
 

@@ -8,6 +8,7 @@ mod collector;
 mod config;
 mod credentials;
 mod decode;
+mod dns;
 mod ebpf;
 mod endpoints;
 mod env_vars;
@@ -75,6 +76,7 @@ fn main() -> std::process::ExitCode {
             runtime().and_then(|rt| rt.block_on(collector::run(*args)))
         }
         cli::Command::Events(args) => collector::query::run(&args),
+        cli::Command::Inventory(args) => collector::inventory::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

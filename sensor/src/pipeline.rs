@@ -112,6 +112,8 @@ pub struct Pipeline<W: Write> {
     /// Events emitted by kind, published to `metrics` on each tick.
     by_kind: BTreeMap<&'static str, u64>,
     metrics: std::sync::Arc<crate::status::PipelineMetrics>,
+    /// DNS answers per (cgroup, address), to name later connects.
+    dns: crate::dns::Cache,
 }
 
 pub struct PipelineParts {
@@ -173,6 +175,7 @@ impl<W: Write> Pipeline<W> {
             print,
             by_kind: BTreeMap::new(),
             metrics,
+            dns: crate::dns::Cache::default(),
         }
     }
 
@@ -433,6 +436,7 @@ impl<W: Write> Pipeline<W> {
                     result: if tcp { "pending" } else { "connected" },
                     error: None,
                     endpoint: self.endpoints.classify(ip, ev.dst.port),
+                    dst_dns_names: self.dns.names(ev.task.cgroup_id, ip),
                 });
                 if tcp {
                     self.pending.insert(
@@ -464,6 +468,7 @@ impl<W: Write> Pipeline<W> {
                     result: "sent",
                     error: None,
                     endpoint: self.endpoints.classify(ip, ev.dst.port),
+                    dst_dns_names: self.dns.names(ev.task.cgroup_id, ip),
                 });
                 self.emit(&mut out)?;
             }
@@ -515,6 +520,7 @@ impl<W: Write> Pipeline<W> {
                     result: "accepted",
                     error: None,
                     endpoint: None,
+                    dst_dns_names: Vec::new(),
                 });
                 self.emit(&mut out)?;
             }
@@ -677,6 +683,11 @@ impl<W: Write> Pipeline<W> {
             result,
             error,
             endpoint: self.endpoints.classify(dst_ip, r.dst.port),
+            dst_dns_names: out
+                .process
+                .as_ref()
+                .map(|p| self.dns.names(p.cgroup_id, dst_ip))
+                .unwrap_or_default(),
         });
         self.emit(&mut out)
     }

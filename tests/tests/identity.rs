@@ -20,7 +20,8 @@ use std::sync::MutexGuard;
 
 use base64::Engine as _;
 use nhi_sensor_tests::{
-    Actor, Sensor, Stopped, TempDir, WAIT, get, get_str, is_kind_pid, run_with_timeout, spawn_actor,
+    Actor, CgroupGuard, Sensor, Stopped, TempDir, WAIT, get, get_str, is_kind_pid,
+    run_with_timeout, spawn_actor,
 };
 use serde_json::{Value, json};
 
@@ -33,72 +34,6 @@ fn setup(test: &str) -> Option<MutexGuard<'static, ()>> {
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("UTF-8 test path")
-}
-
-/// The cgroup2 mount point, from /proc/self/mountinfo (never hard-coded).
-fn cgroup2_root() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    for line in info.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        if right.split_whitespace().next() == Some("cgroup2") {
-            let mnt = left.split_whitespace().nth(4).expect("mount point field");
-            return PathBuf::from(mnt.replace("\\040", " "));
-        }
-    }
-    panic!("no cgroup2 mount in /proc/self/mountinfo");
-}
-
-/// cgroup directories created by a test; on drop, processes still inside go back to the root
-/// group and the directories are removed deepest first.
-struct CgroupGuard {
-    root: PathBuf,
-    created: Vec<PathBuf>,
-}
-
-impl CgroupGuard {
-    fn new() -> Self {
-        Self {
-            root: cgroup2_root(),
-            created: Vec::new(),
-        }
-    }
-
-    /// `mkdir -p root/rel`, remembering what did not exist; returns the absolute path.
-    fn create(&mut self, rel: &str) -> PathBuf {
-        let mut p = self.root.clone();
-        for seg in rel.split('/').filter(|s| !s.is_empty()) {
-            p.push(seg);
-            if !p.exists() {
-                std::fs::create_dir(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-                self.created.push(p.clone());
-            }
-        }
-        p
-    }
-}
-
-impl Drop for CgroupGuard {
-    fn drop(&mut self) {
-        for dir in self.created.iter().rev() {
-            for _ in 0..50 {
-                if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                    for pid in procs.lines() {
-                        let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
-                    }
-                }
-                match std::fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
-                }
-            }
-            if dir.exists() {
-                eprintln!("[identity test] could not remove cgroup {}", dir.display());
-            }
-        }
-    }
 }
 
 fn b64url(b: &[u8]) -> String {
@@ -431,7 +366,7 @@ fn systemd_service_and_host_identities() {
     let unit = format!("nhi-test-{}.service", std::process::id());
     let mut cgroups = CgroupGuard::new();
     let group = cgroups.create(&format!("system.slice/{unit}"));
-    let root = cgroup2_root();
+    let root = nhi_sensor_tests::cgroups::cgroup2_root();
     let file = d.write("probe.txt", b"x");
     let watch = format!("{}/", s(d.path()));
     let sensor = start_sensor(&d, &["--watch", &watch]);

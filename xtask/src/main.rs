@@ -319,10 +319,18 @@ fn integration_tests(
         "--test",
         "identity",
     ]);
-    // The pipeline (gRPC, spool, collector, its Kafka sink) does not depend on the hook
-    // family: once.
+    // The pipeline (gRPC, spool, collector, its Kafka sink) and the inventory (store
+    // aggregates, DNS on cgroup ingress, which has no fallback family) do not depend on the
+    // hook family: once.
     if disable.is_none() {
-        cmd.args(["--test", "pipeline", "--test", "operations"]);
+        cmd.args([
+            "--test",
+            "pipeline",
+            "--test",
+            "operations",
+            "--test",
+            "inventory",
+        ]);
     }
     cmd.arg("--").arg("--test-threads=1");
     match disable {

@@ -4,6 +4,7 @@
 //! is given (the embedded default).
 
 mod ingest;
+pub mod inventory;
 pub mod kafka;
 pub mod metrics;
 pub mod ocsf;

@@ -681,7 +681,7 @@ fn credential_unmapped(c: &pb::Credential) -> Value {
 
 /// A credential's identifiers as JSON (their values are JSON text; one that is not stays a
 /// string).
-fn identifiers(c: &pb::Credential) -> Map<String, Value> {
+pub(super) fn identifiers(c: &pb::Credential) -> Map<String, Value> {
     let parse = |v: &str| serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.into()));
     let ids = c.identifiers.iter();
     ids.map(|(k, v)| (k.clone(), parse(v))).collect()

@@ -116,6 +116,7 @@ impl Store {
         let path = db_path(dir);
         let conn = open_conn(&path, sync_full)?;
         conn.execute_batch(SCHEMA)
+            .and_then(|()| conn.execute_batch(super::inventory::SCHEMA))
             .with_context(|| format!("creating the schema in {}", path.display()))?;
         Ok(Self {
             writer: Arc::new(Mutex::new(conn)),
@@ -200,6 +201,8 @@ impl Store {
                     cols.path,
                     blob,
                 ])?;
+                super::inventory::record(&tx, &sensor.node_name, cols.time_ns, &ev)
+                    .context("updating the inventory")?;
                 c.stored.push((tx.last_insert_rowid(), Arc::new(ev)));
                 stored += 1;
             }
@@ -400,6 +403,7 @@ pub fn kind_name(k: pb::EventKind) -> &'static str {
         K::NetworkUnixConnect => "network.unix_connect",
         K::SensorStats => "sensor.stats",
         K::SensorLoss => "sensor.loss",
+        K::NetworkDns => "network.dns",
         K::Unspecified => "unknown",
     }
 }

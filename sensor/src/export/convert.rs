@@ -46,6 +46,7 @@ pub fn kind(kind: &str) -> pb::EventKind {
         "network.unix_connect" => K::NetworkUnixConnect,
         "sensor.stats" => K::SensorStats,
         "sensor.loss" => K::SensorLoss,
+        "network.dns" => K::NetworkDns,
         _ => K::Unspecified,
     }
 }
@@ -255,6 +256,32 @@ fn endpoint(e: &crate::endpoints::CredentialEndpoint) -> pb::CredentialEndpoint 
 
 fn payload(ev: &event::Event) -> Option<pb::event::Payload> {
     use pb::event::Payload;
+    if let Some(d) = &ev.dns {
+        let addr = |e: &event::Endpoint| pb::SocketAddress {
+            ip: e.ip.clone(),
+            port: u32::from(e.port),
+        };
+        return Some(Payload::Dns(pb::Dns {
+            query: d.query.clone(),
+            query_type: d.query_type.clone(),
+            rcode: d.rcode.clone(),
+            id: u32::from(d.id),
+            answers: d
+                .answers
+                .iter()
+                .map(|a| pb::DnsAnswer {
+                    name: a.name.clone(),
+                    r#type: a.rtype.clone(),
+                    data: a.data.clone(),
+                    ttl: a.ttl,
+                })
+                .collect(),
+            resolver: Some(addr(&d.resolver)),
+            client: Some(addr(&d.client)),
+            cgroup_id: d.cgroup_id,
+            truncated: d.truncated,
+        }));
+    }
     if let Some(x) = &ev.exec {
         return Some(Payload::Exec(pb::Exec {
             filename: Some(path(&x.filename, None)),
@@ -419,6 +446,7 @@ fn network(n: &event::Network) -> pb::Network {
         result: network_result(n.result) as i32,
         error: n.error.as_ref().map(errno),
         endpoint: n.endpoint.as_ref().map(endpoint),
+        dst_dns_names: n.dst_dns_names.clone(),
     }
 }
 
