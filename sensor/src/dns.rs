@@ -323,6 +323,7 @@ impl Cache {
         self.names_at(cgroup, ip, Instant::now())
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }

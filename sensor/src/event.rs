@@ -343,6 +343,10 @@ pub struct Stats {
     /// Connect outcomes whose connect was never seen (e.g. reported before the sensor started).
     pub orphan_results: u64,
     pub processes_tracked: usize,
+    /// DNS responses that did not parse (skipped).
+    pub dns_malformed: u64,
+    /// DNS answers evicted from the full names cache.
+    pub dns_cache_evicted: u64,
     #[serde(rename = "final")]
     pub is_final: bool,
     /// The exporter's spool (when shipping to a collector).

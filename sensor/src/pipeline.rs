@@ -82,6 +82,7 @@ struct LocalCounters {
     decode_errors: u64,
     filtered: u64,
     orphan_results: u64,
+    dns_malformed: u64,
 }
 
 pub struct Pipeline<W: Write> {
@@ -473,6 +474,7 @@ impl<W: Write> Pipeline<W> {
                 self.emit(&mut out)?;
             }
             KernelEvent::ConnectResult(r) => self.connect_result(r)?,
+            KernelEvent::Dns(ev) => self.dns_response(&ev)?,
             KernelEvent::UnixConnect(ev) => {
                 let raw = &ev.path[..(ev.path_len as usize).min(ev.path.len())];
                 let (shown, is_abstract) = crate::unix_sockets::display_path(raw);
@@ -692,6 +694,59 @@ impl<W: Write> Pipeline<W> {
         self.emit(&mut out)
     }
 
+    /// A DNS response received in some cgroup: remembered to name that cgroup's later
+    /// connects, and reported. A message that does not parse is counted and skipped.
+    fn dns_response(&mut self, ev: &sensor_common::NetDnsEvent) -> std::io::Result<()> {
+        let captured = &ev.payload[..(ev.captured as usize).min(ev.payload.len())];
+        let msg = match crate::dns::parse(captured) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.dns_malformed += 1;
+                tracing::debug!(error = %e, cgroup_id = ev.cgroup_id, "unparsable DNS response skipped");
+                return Ok(());
+            }
+        };
+        self.dns.insert(ev.cgroup_id, &msg, Instant::now());
+        let endpoint = |a: &sensor_common::SockAddr| Endpoint {
+            ip: event::ip_of(a.family, &a.addr).0.to_string(),
+            port: a.port,
+        };
+        let answers = msg
+            .answers
+            .iter()
+            .map(|a| event::DnsAnswer {
+                name: a.name.clone(),
+                rtype: crate::dns::type_name(a.rtype),
+                data: match &a.data {
+                    crate::dns::AnswerData::Addr(ip) => ip.to_string(),
+                    crate::dns::AnswerData::Cname(n) => n.clone(),
+                },
+                ttl: a.ttl,
+            })
+            .collect();
+        let mut out = self.new_event("network.dns", ev.header.boot_ns);
+        out.dns = Some(event::Dns {
+            query: msg.query,
+            query_type: crate::dns::type_name(msg.qtype),
+            rcode: crate::dns::rcode_name(msg.rcode),
+            id: msg.id,
+            answers,
+            resolver: endpoint(&ev.src),
+            client: endpoint(&ev.dst),
+            cgroup_id: ev.cgroup_id,
+            truncated: msg.truncated || ev.msg_len > ev.captured,
+        });
+        let path = self
+            .cgroups
+            .lookup(ev.cgroup_id)
+            .map(|p| p.to_string_lossy().into_owned());
+        out.workload = Some(
+            self.resolver
+                .workload_of_cgroup(ev.cgroup_id, path.as_deref()),
+        );
+        self.emit(&mut out)
+    }
+
     /// Reports the bytes read through watched fds still open when their process exited.
     fn close_on_exit(
         &mut self,
@@ -866,6 +921,8 @@ impl<W: Write> Pipeline<W> {
             filtered_in_userspace: self.counters.filtered,
             orphan_results: self.counters.orphan_results,
             processes_tracked: self.table.len(),
+            dns_malformed: self.counters.dns_malformed,
+            dns_cache_evicted: self.dns.evicted,
             is_final,
             spool: self.exporter.as_ref().map(|x| {
                 let s = x.spool_stats();

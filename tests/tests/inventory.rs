@@ -7,15 +7,17 @@
 //!
 //! Real processes in real cgroup v2 groups (named like docker containers, so each is its own
 //! workload and identity) read credential files the test writes; the sensor stores what it
-//! saw in its embedded store and the test checks the inventory the CLI prints from it. Every
-//! cgroup and file is removed on drop, also when an assertion fails.
+//! saw in its embedded store and the test checks the inventory the CLI prints from it. The DNS
+//! test runs its own resolver on a loopback address and talks only to loopback. Every cgroup
+//! and file is removed on drop, also when an assertion fails.
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
 
 use nhi_sensor_tests::{
-    CgroupGuard, Sensor, TempDir, WAIT, get_str, is_kind_pid, run_with_timeout, sensor_bin,
+    CgroupGuard, Sensor, TempDir, WAIT, get, get_str, is_kind_pid, run_with_timeout, sensor_bin,
     spawn_actor,
 };
 use serde_json::Value;
@@ -214,5 +216,224 @@ fn three_workloads_share_a_credential_one_uses_two() {
     let mut sorted = order.clone();
     sorted.sort();
     assert_eq!(order, sorted);
+    drop(listener);
+}
+
+/// A tiny DNS responder on 127.0.0.153:53 (a loopback address systemd-resolved does not use):
+/// `api-*` names get a CNAME to `edge-*` and an A record with `addr`; `loop-*` names get an
+/// answer whose owner name is a compression pointer to itself; `short-*` names a response cut
+/// inside its answer. The thread ends when the test drops the returned socket's clone.
+struct Responder {
+    socket: UdpSocket,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const RESOLVER: &str = "127.0.0.153:53";
+
+impl Responder {
+    fn start(addr: Ipv4Addr) -> Responder {
+        let socket = UdpSocket::bind(RESOLVER).expect("bind the test resolver on port 53");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let s = socket.try_clone().unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let deadline = Instant::now() + WAIT;
+            while Instant::now() < deadline {
+                let Ok((n, peer)) = s.recv_from(&mut buf) else {
+                    if s.local_addr().is_err() {
+                        return;
+                    }
+                    continue;
+                };
+                if n == 1 {
+                    return; // the stop byte
+                }
+                let _ = s.send_to(&answer(&buf[..n], addr), peer);
+            }
+        });
+        Responder {
+            socket,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        let _ = self.socket.send_to(&[0], RESOLVER);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The response to `query` (id and question echoed).
+fn answer(query: &[u8], addr: Ipv4Addr) -> Vec<u8> {
+    let qend = 12 + query[12..].iter().position(|&b| b == 0).unwrap() + 1 + 4;
+    let first_label = &query[13..13 + query[12] as usize];
+    let mut m = query[..2].to_vec();
+    m.extend_from_slice(&[0x81, 0x80, 0, 1]);
+    let rr = |m: &mut Vec<u8>, owner: &[u8], rtype: u16, rdata: &[u8]| {
+        m.extend_from_slice(owner);
+        m.extend_from_slice(&rtype.to_be_bytes());
+        m.extend_from_slice(&[0, 1, 0, 0, 0, 60]);
+        m.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        m.extend_from_slice(rdata);
+    };
+    if first_label.starts_with(b"api-") {
+        m.extend_from_slice(&[0, 2, 0, 0, 0, 0]);
+        m.extend_from_slice(&query[12..qend]);
+        // CNAME to "edge-<rest of the first label>" + the question's other labels.
+        let mut target = vec![first_label.len() as u8 + 1];
+        target.extend_from_slice(b"edge-");
+        target.extend_from_slice(&first_label[4..]);
+        let rest_at = 13 + first_label.len();
+        target.extend_from_slice(&[0xc0, rest_at as u8]);
+        let cname_rdata_at = m.len() + 12;
+        rr(&mut m, &[0xc0, 12], 5, &target);
+        rr(&mut m, &[0xc0, cname_rdata_at as u8], 1, &addr.octets());
+    } else if first_label.starts_with(b"loop-") {
+        m.extend_from_slice(&[0, 1, 0, 0, 0, 0]);
+        m.extend_from_slice(&query[12..qend]);
+        let here = m.len();
+        rr(&mut m, &[0xc0, here as u8], 1, &addr.octets());
+    } else {
+        m.extend_from_slice(&[0, 1, 0, 0, 0, 0]);
+        m.extend_from_slice(&query[12..qend]);
+        rr(&mut m, &[0xc0, 12], 1, &addr.octets());
+        m.truncate(m.len() - 3);
+    }
+    m
+}
+
+/// A process in its own (container) cgroup resolves a made-up name through the test's
+/// resolver and connects to the answered address: the sensor reports the DNS response (query,
+/// CNAME chain, address, resolver, workload), the connect carries the names, and the
+/// inventory's destination shows them. Hostile responses (a compression loop, a cut answer)
+/// are counted and skipped, and the sensor goes on.
+#[test]
+fn dns_answers_name_later_connects() {
+    let Some(_g) = setup("dns_answers_name_later_connects") else {
+        return;
+    };
+    let d = TempDir::new("dns");
+    let target = Ipv4Addr::new(127, 0, 0, 77);
+    let listener = TcpListener::bind((target, 0)).expect("listen on 127.0.0.77");
+    let dest = listener.local_addr().unwrap();
+    let responder = Responder::start(target);
+    let store = d.join("store");
+    let mut cgroups = CgroupGuard::new();
+    let cid = container_id(9);
+    let group = cgroups.create(&format!("system.slice/docker-{cid}.scope"));
+    let sensor = Sensor::start(&[
+        "run",
+        "--format",
+        "json",
+        "--stats-interval",
+        "1",
+        "--fingerprint-key-file",
+        s(&d.join("fingerprint.key")),
+        "--spool",
+        s(&d.join("spool")),
+        "--store",
+        s(&store),
+    ]);
+    let tag = format!("{:x}", std::process::id());
+    let (name, edge) = (
+        format!("api-{tag}.nhi.test"),
+        format!("edge-{tag}.nhi.test"),
+    );
+    let dest_s = dest.to_string();
+    let mut a = spawn_actor(&[
+        "--join-cgroup",
+        s(&group),
+        "--dns-query",
+        RESOLVER,
+        &format!("loop-{tag}.nhi.test"),
+        "--dns-query",
+        RESOLVER,
+        &format!("short-{tag}.nhi.test"),
+        "--dns-query",
+        RESOLVER,
+        &name,
+        "--connect-tcp",
+        &dest_s,
+    ]);
+    let pid = a.pid();
+    a.expect_step("start");
+    for step in a.rest() {
+        assert!(step.get("errno").is_none(), "actor step failed: {step}");
+    }
+    a.wait();
+
+    let dns = sensor.wait_for("the network.dns event", WAIT, |e| {
+        nhi_sensor_tests::is_kind(e, "network.dns")
+            && get_str(e, "dns.query") == Some(name.as_str())
+    });
+    assert_eq!(get_str(&dns, "dns.query_type"), Some("A"), "{dns}");
+    assert_eq!(get_str(&dns, "dns.rcode"), Some("NOERROR"), "{dns}");
+    assert_eq!(
+        get_str(&dns, "dns.resolver.ip"),
+        Some("127.0.0.153"),
+        "{dns}"
+    );
+    assert_eq!(get(&dns, "dns.resolver.port").as_u64(), Some(53), "{dns}");
+    assert_eq!(get_str(&dns, "workload.kind"), Some("container"), "{dns}");
+    assert_eq!(
+        get_str(&dns, "workload.container_id"),
+        Some(cid.as_str()),
+        "{dns}"
+    );
+    assert!(dns.get("process").is_none(), "{dns}");
+    let answers = get(&dns, "dns.answers");
+    assert_eq!(answers[0]["type"], "CNAME", "{dns}");
+    assert_eq!(answers[0]["data"], edge.as_str(), "{dns}");
+    assert_eq!(answers[1]["type"], "A", "{dns}");
+    assert_eq!(answers[1]["name"], edge.as_str(), "{dns}");
+    assert_eq!(answers[1]["data"], "127.0.0.77", "{dns}");
+    assert_eq!(answers[1]["ttl"], 60, "{dns}");
+
+    let connect = sensor.wait_for("the named connect", WAIT, |e| {
+        is_kind_pid(e, "network.connect", pid)
+            && get(e, "network.dst.port").as_u64() == Some(u64::from(dest.port()))
+    });
+    assert_eq!(
+        get(&connect, "network.dst_dns_names"),
+        &serde_json::json!([name, edge]),
+        "{connect}"
+    );
+    // The hostile responses were counted, not reported.
+    sensor.wait_for("stats counting the malformed responses", WAIT, |e| {
+        nhi_sensor_tests::is_kind(e, "sensor.stats")
+            && get(e, "stats.dns_malformed").as_u64() >= Some(2)
+    });
+    let stopped = sensor.stop();
+    stopped.assert_clean();
+    assert!(
+        stopped
+            .find(|e| get_str(e, "dns.query").is_some_and(|q| q.starts_with("loop-")))
+            .is_none()
+    );
+    drop(responder);
+
+    let inv = inventory(&store);
+    let id = format!("docker:{}", &cid[..12]);
+    let ident = inv["identities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("identity {id} missing: {inv:#}"));
+    let dest_entry = ident["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["ip"] == "127.0.0.77" && x["port"] == dest.port())
+        .unwrap_or_else(|| panic!("destination missing: {ident:#}"));
+    let mut want = vec![name.as_str(), edge.as_str()];
+    want.sort();
+    assert_eq!(strings(&dest_entry["dns_names"]), want, "{dest_entry}");
     drop(listener);
 }

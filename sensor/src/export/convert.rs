@@ -406,6 +406,8 @@ fn payload(ev: &event::Event) -> Option<pb::event::Payload> {
             filtered_in_userspace: s.filtered_in_userspace,
             orphan_results: s.orphan_results,
             processes_tracked: s.processes_tracked as u64,
+            dns_malformed: s.dns_malformed,
+            dns_cache_evicted: s.dns_cache_evicted,
             spool: s.spool.as_ref().map(|x| pb::SpoolStats {
                 bytes: x.bytes,
                 unacked: x.unacked,
