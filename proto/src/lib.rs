@@ -61,11 +61,11 @@ mod tests {
 
     use super::v1::{
         self, Ack, Ancestor, CloseReason, CredChange, CredSyscall, CredentialEndpoint,
-        CredentialVar, Credentials, Device, Direction, Errno, Event, EventBatch, EventKind, Exec,
-        Exit, FileAccess, FileClose, FileMatch, FileOpen, FilePath, Fork, KernelStats, Loss,
-        LossReason, Namespaces, Network, NetworkProtocol, NetworkResult, Process, SensorIdentity,
-        SensorStats, SocketAddress, SpoolStats, StringList, SubscribeRequest, UnixConnect,
-        event::Payload,
+        CredentialVar, Credentials, Device, Direction, Dns, DnsAnswer, Errno, Event, EventBatch,
+        EventKind, Exec, Exit, FileAccess, FileClose, FileMatch, FileOpen, FilePath, Fork,
+        InventoryRequest, InventoryResponse, KernelStats, Loss, LossReason, Namespaces, Network,
+        NetworkProtocol, NetworkResult, Process, SensorIdentity, SensorStats, SocketAddress,
+        SpoolStats, StringList, SubscribeRequest, UnixConnect, event::Payload,
     };
 
     fn sensor() -> SensorIdentity {
@@ -337,6 +337,8 @@ mod tests {
                     filtered_in_userspace: 2,
                     orphan_results: 0,
                     processes_tracked: 312,
+                    dns_malformed: 2,
+                    dns_cache_evicted: 0,
                     spool: Some(SpoolStats {
                         bytes: 4096,
                         unacked: 3,
@@ -606,6 +608,13 @@ mod tests {
                 }
             });
             Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
+
+        async fn inventory(
+            &self,
+            _request: Request<InventoryRequest>,
+        ) -> Result<Response<InventoryResponse>, Status> {
+            Err(Status::unimplemented("no store in this test collector"))
         }
     }
 
