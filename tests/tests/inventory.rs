@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use nhi_sensor_tests::{
     CgroupGuard, Sensor, TempDir, WAIT, get, get_str, is_kind_pid, run_with_timeout, sensor_bin,
-    spawn_actor,
+    shipping, spawn_actor,
 };
 use serde_json::Value;
 
@@ -435,5 +435,27 @@ fn dns_answers_name_later_connects() {
     let mut want = vec![name.as_str(), edge.as_str()];
     want.sort();
     assert_eq!(strings(&dest_entry["dns_names"]), want, "{dest_entry}");
+
+    // The stored events, DNS Activity (4003) and the named connect among them, are valid
+    // OCSF 1.8.0.
+    let ocsf = shipping::query(&store, &["--format", "json", "--limit", "0"]);
+    let dns_line = ocsf
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("OCSF JSON"))
+        .find(|o| o["class_uid"] == 4003 && o["query"]["hostname"] == name.as_str())
+        .unwrap_or_else(|| panic!("no DNS Activity for {name}"));
+    assert_eq!(dns_line["answers"][1]["rdata"], "127.0.0.77", "{dns_line}");
+    assert_eq!(dns_line["rcode_id"], 0, "{dns_line}");
+    let file = d.write("ocsf.jsonl", ocsf.as_bytes());
+    let mut cmd = std::process::Command::new(shipping::python());
+    cmd.arg(nhi_sensor_tests::workspace_root().join("tests/py/validate_ocsf.py"))
+        .arg(&file);
+    let out = run_with_timeout(cmd, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "OCSF validation failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
     drop(listener);
 }

@@ -171,7 +171,7 @@ impl Collector for IngestService {
         let store = self.0.store.clone();
         let inv = tokio::task::spawn_blocking(move || {
             let conn = store.reader()?;
-            super::inventory::build(&conn, policy, super::inventory::now_ns())
+            super::inventory::build(&conn, policy, super::store::now_ns())
         })
         .await
         .map_err(|e| Status::internal(format!("inventory task: {e}")))?

@@ -156,7 +156,7 @@ pub(super) fn record(
                 return Ok(());
             }
             let Some(dst) = &n.dst else { return Ok(()) };
-            let protocol = enum_lower(
+            let protocol = ocsf::enum_str(
                 n.protocol,
                 "NETWORK_PROTOCOL_",
                 |p: &pb::NetworkProtocol| p.as_str_name(),
@@ -182,19 +182,9 @@ pub(super) fn record(
     Ok(())
 }
 
-fn enum_lower<E: TryFrom<i32>>(v: i32, prefix: &str, name: fn(&E) -> &'static str) -> String {
-    match E::try_from(v) {
-        Ok(e) => name(&e)
-            .strip_prefix(prefix)
-            .unwrap_or_default()
-            .to_ascii_lowercase(),
-        Err(_) => v.to_string(),
-    }
-}
-
 /// The sensor's name of an identity kind (`kubernetes_service_account`, `unix_user`, ...).
 fn identity_kind(i: &pb::Identity) -> String {
-    enum_lower(i.kind, "IDENTITY_KIND_", |k: &pb::IdentityKind| {
+    ocsf::enum_str(i.kind, "IDENTITY_KIND_", |k: &pb::IdentityKind| {
         k.as_str_name()
     })
 }
@@ -597,13 +587,6 @@ pub fn build(conn: &Connection, policy: Policy, now_ns: i64) -> anyhow::Result<I
     })
 }
 
-pub(super) fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// Opens a store read-only and builds its inventory (the CLI and the gRPC service).
 pub fn build_from_store(dir: &std::path::Path, policy: Policy) -> anyhow::Result<Inventory> {
     let db = store::db_path(dir);
@@ -613,7 +596,7 @@ pub fn build_from_store(dir: &std::path::Path, policy: Policy) -> anyhow::Result
     let conn = Connection::open_with_flags(&db, OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("opening {}", db.display()))?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    build(&conn, policy, now_ns())
+    build(&conn, policy, store::now_ns())
         .with_context(|| format!("reading the inventory of {}", db.display()))
 }
 
@@ -685,4 +668,150 @@ fn write_table(out: &mut impl std::io::Write, inv: &Inventory) -> std::io::Resul
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collector::store::Store;
+
+    fn sensor() -> pb::SensorIdentity {
+        pb::SensorIdentity {
+            sensor_id: "s1".into(),
+            node_name: "node-a".into(),
+            boot_id: "b".into(),
+            stream_id: "st".into(),
+            sensor_version: "0".into(),
+        }
+    }
+
+    fn ev(seq: u64, container: &str, kind: pb::EventKind, secs: i64) -> pb::Event {
+        pb::Event {
+            sequence: seq,
+            kind: kind as i32,
+            time: Some(prost_types::Timestamp {
+                seconds: secs,
+                nanos: 0,
+            }),
+            process: Some(pb::Process {
+                exe: Some(pb::FilePath {
+                    text: "/usr/bin/app".into(),
+                    raw: Vec::new(),
+                }),
+                user: Some("app".into()),
+                ..Default::default()
+            }),
+            workload: Some(pb::Workload {
+                kind: pb::WorkloadKind::Container as i32,
+                container_id: container.into(),
+                runtime: "containerd".into(),
+                ..Default::default()
+            }),
+            identity: Some(pb::Identity {
+                kind: pb::IdentityKind::Container as i32,
+                id: format!("containerd:{container}"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn open(seq: u64, container: &str, fp: &str, secs: i64) -> pb::Event {
+        let mut e = ev(seq, container, pb::EventKind::FileOpen, secs);
+        e.credential = Some(pb::Credential {
+            kind: "aws_shared_credentials".into(),
+            format: "aws_ini".into(),
+            fingerprint: Some(fp.into()),
+            identifiers: [("profiles".to_string(), "[]".to_string())].into(),
+            ..Default::default()
+        });
+        e.payload = Some(pb::event::Payload::FileOpen(pb::FileOpen {
+            path: Some(pb::FilePath {
+                text: format!("/creds/{fp}"),
+                raw: Vec::new(),
+            }),
+            ..Default::default()
+        }));
+        e
+    }
+
+    #[test]
+    fn aggregates_sharing_destinations_and_lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let day = 86_400;
+        let mut connect = ev(5, "c1", pb::EventKind::NetworkConnect, 10 * day);
+        connect.payload = Some(pb::event::Payload::Network(pb::Network {
+            protocol: pb::NetworkProtocol::Tcp as i32,
+            dst: Some(pb::SocketAddress {
+                ip: "192.0.2.7".into(),
+                port: 443,
+            }),
+            dst_dns_names: vec!["api.example.test".into()],
+            ..Default::default()
+        }));
+        let events = vec![
+            open(1, "c1", "fp-shared", day),
+            open(2, "c2", "fp-shared", 2 * day),
+            open(3, "c3", "fp-shared", 3 * day),
+            open(4, "c1", "fp-own", 40 * day),
+            connect.clone(),
+            // A second connect to the same place adds a count, not a row.
+            pb::Event {
+                sequence: 6,
+                ..connect
+            },
+        ];
+        store.commit(&sensor(), events).unwrap();
+        let now = 45 * day * 1_000_000_000;
+        let inv = build(
+            &store.reader().unwrap(),
+            Policy::from_args(&PolicyArgs {
+                unused_days: 30,
+                rotation_days: 90,
+                rotation: vec![("aws_shared_credentials".into(), 20)],
+            }),
+            now,
+        )
+        .unwrap();
+        let ids: Vec<&str> = inv.identities.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["containerd:c1", "containerd:c2", "containerd:c3"]);
+        let c1 = &inv.identities[0];
+        assert_eq!(c1.workloads, ["container:containerd:c1"]);
+        assert_eq!(
+            (c1.users.as_slice(), c1.hosts.as_slice()),
+            (&["app".to_string()][..], &["node-a".to_string()][..])
+        );
+        let fps: Vec<&str> = c1
+            .credentials
+            .iter()
+            .map(|c| c.fingerprint.as_str())
+            .collect();
+        assert_eq!(fps, ["fp-own", "fp-shared"]);
+        assert_eq!(c1.destinations.len(), 1);
+        assert_eq!(c1.destinations[0].connects, 2);
+        assert_eq!(c1.destinations[0].dns_names, ["api.example.test"]);
+
+        let shared = inv
+            .credentials
+            .iter()
+            .find(|c| c.fingerprint == "fp-shared")
+            .unwrap();
+        assert!(shared.shared);
+        assert_eq!(shared.workloads.len(), 3);
+        assert_eq!(shared.uses, 3);
+        // Last used on day 3, 42 days before "now": an orphan candidate; first seen 44 days
+        // ago, over the 20-day policy of its kind: never rotated.
+        assert!(shared.orphan_candidate);
+        assert!(shared.never_rotated);
+        assert_eq!(shared.rotation_policy_days, 20);
+        let own = inv
+            .credentials
+            .iter()
+            .find(|c| c.fingerprint == "fp-own")
+            .unwrap();
+        assert!(!own.shared && !own.orphan_candidate && !own.never_rotated);
+        assert_eq!(inv.workloads.len(), 3);
+        assert_eq!(inv.workloads[0].credentials, ["fp-own", "fp-shared"]);
+    }
 }

@@ -821,7 +821,11 @@ fn hex(v: u64) -> String {
 
 /// The sensor's JSON name of a proto enum value ("NETWORK_RESULT_TIMED_OUT" → "timed_out");
 /// values this build does not know are shown as their number.
-fn enum_str<E: TryFrom<i32>>(v: i32, prefix: &str, as_str: fn(&E) -> &'static str) -> String {
+pub(super) fn enum_str<E: TryFrom<i32>>(
+    v: i32,
+    prefix: &str,
+    as_str: fn(&E) -> &'static str,
+) -> String {
     match E::try_from(v) {
         Ok(e) => as_str(&e)
             .strip_prefix(prefix)

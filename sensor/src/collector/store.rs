@@ -336,7 +336,7 @@ pub fn streams(conn: &Connection) -> anyhow::Result<Vec<StreamRow>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn now_ns() -> i64 {
+pub(super) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
