@@ -9,7 +9,12 @@
 //! days ago" is exactly what an orphan check needs after the events themselves expired.
 //! Only events stored after this table set existed are counted (older stores start empty).
 
-use std::{collections::BTreeMap, io::Write as _, path::PathBuf, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    io::Write as _,
+    path::PathBuf,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
@@ -82,104 +87,202 @@ CREATE TABLE IF NOT EXISTS inv_destination_names (
 );
 ";
 
-/// Folds one stored event into the aggregates (inside the commit's transaction).
-pub(super) fn record(
+/// First and last time (Unix ns) and count of what one aggregate row counts.
+#[derive(Clone, Copy)]
+struct Seen {
+    first: i64,
+    last: i64,
+    n: i64,
+}
+
+impl Seen {
+    fn new(t: i64) -> Self {
+        Self {
+            first: t,
+            last: t,
+            n: 1,
+        }
+    }
+
+    fn add(&mut self, t: i64) {
+        self.first = self.first.min(t);
+        self.last = self.last.max(t);
+        self.n += 1;
+    }
+}
+
+fn seen<K: std::hash::Hash + Eq>(m: &mut HashMap<K, Seen>, k: K, t: i64) {
+    m.entry(k)
+        .and_modify(|s| s.add(t))
+        .or_insert_with(|| Seen::new(t));
+}
+
+/// One batch folded in memory: a batch is mostly the same few processes doing the same
+/// things, so each distinct row is written once per batch instead of once per event.
+#[derive(Default)]
+struct Batch {
+    /// (identity, workload, exe, user) → identity kind and SPIFFE id (latest).
+    identity_kinds: HashMap<(String, String, String, String), (String, String)>,
+    identity_use: HashMap<(String, String, String, String), Seen>,
+    workloads: HashMap<String, Value>,
+    /// fingerprint → (kind, format, identifiers, mtime) as of the latest use in the batch.
+    credentials: HashMap<String, (i64, String, String, String, Option<String>)>,
+    credential_seen: HashMap<String, Seen>,
+    /// (fingerprint, identity, workload, exe, user, path).
+    credential_use: HashMap<(String, String, String, String, String, String), Seen>,
+    /// (identity, protocol, ip, port).
+    destinations: HashMap<(String, String, String, u32), Seen>,
+    names: std::collections::HashSet<(String, String, String, u32, String)>,
+}
+
+fn time_ns(ev: &pb::Event) -> i64 {
+    ev.time
+        .as_ref()
+        .map(|t| t.seconds.saturating_mul(1_000_000_000) + i64::from(t.nanos))
+        .unwrap_or(0)
+}
+
+impl Batch {
+    fn add(&mut self, node: &str, ev: &pb::Event) {
+        let (Some(id), Some(p)) = (ev.identity.as_ref(), ev.process.as_ref()) else {
+            return;
+        };
+        if id.id.is_empty() {
+            return;
+        }
+        let t = time_ns(ev);
+        let (workload, detail) = workload_of(ev.workload.as_ref(), node);
+        let exe = p.exe.as_ref().map(|e| e.text.clone()).unwrap_or_default();
+        let user = p.user.clone().unwrap_or_else(|| p.uid.to_string());
+        let key = (id.id.clone(), workload.clone(), exe.clone(), user.clone());
+        self.identity_kinds
+            .insert(key.clone(), (identity_kind(id), id.spiffe_id.clone()));
+        seen(&mut self.identity_use, key, t);
+        self.workloads.insert(workload.clone(), detail);
+
+        use pb::event::Payload;
+        match &ev.payload {
+            Some(Payload::FileOpen(f)) => {
+                let Some(c) = &ev.credential else { return };
+                // Without a fingerprint (unreadable, over the size cap) two files cannot be
+                // told apart or matched across workloads: such uses stay in the event history.
+                let Some(fp) = c.fingerprint.clone() else {
+                    return;
+                };
+                let path = f.path.as_ref().map(|p| p.text.clone()).unwrap_or_default();
+                if self.credentials.get(&fp).is_none_or(|(at, ..)| t >= *at) {
+                    let ids = Value::Object(ocsf::identifiers(c)).to_string();
+                    self.credentials.insert(
+                        fp.clone(),
+                        (t, c.kind.clone(), c.format.clone(), ids, c.mtime.clone()),
+                    );
+                }
+                seen(&mut self.credential_seen, fp.clone(), t);
+                seen(
+                    &mut self.credential_use,
+                    (fp, id.id.clone(), workload, exe, user, path),
+                    t,
+                );
+            }
+            Some(Payload::Network(n)) => {
+                let kind = ev.kind();
+                let outbound = matches!(
+                    kind,
+                    pb::EventKind::NetworkConnect | pb::EventKind::NetworkUdpSend
+                );
+                if !outbound && kind != pb::EventKind::NetworkConnectResult {
+                    return;
+                }
+                let Some(dst) = &n.dst else { return };
+                let protocol = ocsf::enum_str(
+                    n.protocol,
+                    "NETWORK_PROTOCOL_",
+                    |p: &pb::NetworkProtocol| p.as_str_name(),
+                );
+                let key = (id.id.clone(), protocol, dst.ip.clone(), dst.port);
+                for name in &n.dst_dns_names {
+                    let (i, pr, ip, port) = key.clone();
+                    self.names.insert((i, pr, ip, port, name.clone()));
+                }
+                // A connect_result is the outcome of a connect already counted: names only.
+                if outbound {
+                    seen(&mut self.destinations, key, t);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn write(self, tx: &Transaction<'_>, node: &str) -> rusqlite::Result<()> {
+        let mut st = tx.prepare_cached(
+            "INSERT INTO inv_identity_use VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT DO UPDATE SET kind = ?2, spiffe_id = ?3, first_ns = min(first_ns, ?8),
+                last_ns = max(last_ns, ?9), events = events + ?10",
+        )?;
+        for (k, s) in &self.identity_use {
+            let (kind, spiffe) = &self.identity_kinds[k];
+            let (identity, workload, exe, user) = k;
+            st.execute(params![
+                identity, kind, spiffe, workload, exe, user, node, s.first, s.last, s.n
+            ])?;
+        }
+        let mut st = tx.prepare_cached(
+            "INSERT INTO inv_workloads VALUES (?1, ?2) ON CONFLICT DO UPDATE SET detail = ?2",
+        )?;
+        for (w, detail) in &self.workloads {
+            st.execute(params![w, detail.to_string()])?;
+        }
+        let mut st = tx.prepare_cached(
+            "INSERT INTO inv_credentials VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+             ON CONFLICT DO UPDATE SET first_ns = min(first_ns, ?6), uses = uses + ?8,
+                kind = iif(?7 >= last_ns, ?2, kind), format = iif(?7 >= last_ns, ?3, format),
+                identifiers = iif(?7 >= last_ns, ?4, identifiers),
+                mtime = iif(?7 >= last_ns, ?5, mtime), last_ns = max(last_ns, ?7)",
+        )?;
+        for (fp, (_, kind, format, ids, mtime)) in &self.credentials {
+            let s = self.credential_seen[fp];
+            st.execute(params![fp, kind, format, ids, mtime, s.first, s.last, s.n])?;
+        }
+        let mut st = tx.prepare_cached(
+            "INSERT INTO inv_credential_use VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT DO UPDATE SET first_ns = min(first_ns, ?8),
+                last_ns = max(last_ns, ?9), uses = uses + ?10",
+        )?;
+        for ((fp, identity, workload, exe, user, path), s) in &self.credential_use {
+            st.execute(params![
+                fp, identity, workload, exe, user, node, path, s.first, s.last, s.n
+            ])?;
+        }
+        let mut st = tx.prepare_cached(
+            "INSERT INTO inv_destinations VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT DO UPDATE SET first_ns = min(first_ns, ?5),
+                last_ns = max(last_ns, ?6), connects = connects + ?7",
+        )?;
+        for ((identity, protocol, ip, port), s) in &self.destinations {
+            st.execute(params![identity, protocol, ip, port, s.first, s.last, s.n])?;
+        }
+        let mut st = tx.prepare_cached(
+            "INSERT OR IGNORE INTO inv_destination_names VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for (identity, protocol, ip, port, name) in &self.names {
+            st.execute(params![identity, protocol, ip, port, name])?;
+        }
+        Ok(())
+    }
+}
+
+/// Folds a committed batch's newly stored events into the aggregates, inside the commit's
+/// transaction.
+pub(super) fn record<'a>(
     tx: &Transaction<'_>,
     node: &str,
-    time_ns: i64,
-    ev: &pb::Event,
+    events: impl IntoIterator<Item = &'a pb::Event>,
 ) -> rusqlite::Result<()> {
-    let (Some(id), Some(p)) = (ev.identity.as_ref(), ev.process.as_ref()) else {
-        return Ok(());
-    };
-    if id.id.is_empty() {
-        return Ok(());
+    let mut batch = Batch::default();
+    for ev in events {
+        batch.add(node, ev);
     }
-    let (workload, detail) = workload_of(ev.workload.as_ref(), node);
-    let exe = p.exe.as_ref().map(|e| e.text.as_str()).unwrap_or_default();
-    let user = p.user.clone().unwrap_or_else(|| p.uid.to_string());
-    tx.prepare_cached(
-        "INSERT INTO inv_identity_use VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 1)
-         ON CONFLICT DO UPDATE SET kind = ?2, spiffe_id = ?3, first_ns = min(first_ns, ?8),
-            last_ns = max(last_ns, ?8), events = events + 1",
-    )?
-    .execute(params![
-        id.id,
-        identity_kind(id),
-        id.spiffe_id,
-        workload,
-        exe,
-        user,
-        node,
-        time_ns
-    ])?;
-    tx.prepare_cached(
-        "INSERT INTO inv_workloads VALUES (?1, ?2) ON CONFLICT DO UPDATE SET detail = ?2",
-    )?
-    .execute(params![workload, detail.to_string()])?;
-
-    use pb::event::Payload;
-    match &ev.payload {
-        Some(Payload::FileOpen(f)) => {
-            let Some(c) = &ev.credential else {
-                return Ok(());
-            };
-            // Without a fingerprint (unreadable, over the size cap) two files cannot be told
-            // apart or matched across workloads: such uses stay in the event history only.
-            let Some(fp) = c.fingerprint.as_deref() else {
-                return Ok(());
-            };
-            let path = f.path.as_ref().map(|p| p.text.as_str()).unwrap_or_default();
-            let ids = Value::Object(ocsf::identifiers(c)).to_string();
-            tx.prepare_cached(
-                "INSERT INTO inv_credentials VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 1)
-                 ON CONFLICT DO UPDATE SET first_ns = min(first_ns, ?6), uses = uses + 1,
-                    kind = iif(?6 >= last_ns, ?2, kind), format = iif(?6 >= last_ns, ?3, format),
-                    identifiers = iif(?6 >= last_ns, ?4, identifiers),
-                    mtime = iif(?6 >= last_ns, ?5, mtime), last_ns = max(last_ns, ?6)",
-            )?
-            .execute(params![fp, c.kind, c.format, ids, c.mtime, time_ns])?;
-            tx.prepare_cached(
-                "INSERT INTO inv_credential_use VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 1)
-                 ON CONFLICT DO UPDATE SET first_ns = min(first_ns, ?8),
-                    last_ns = max(last_ns, ?8), uses = uses + 1",
-            )?
-            .execute(params![fp, id.id, workload, exe, user, node, path, time_ns])?;
-        }
-        Some(Payload::Network(n)) => {
-            let kind = ev.kind();
-            let outbound = matches!(
-                kind,
-                pb::EventKind::NetworkConnect | pb::EventKind::NetworkUdpSend
-            );
-            if !outbound && kind != pb::EventKind::NetworkConnectResult {
-                return Ok(());
-            }
-            let Some(dst) = &n.dst else { return Ok(()) };
-            let protocol = ocsf::enum_str(
-                n.protocol,
-                "NETWORK_PROTOCOL_",
-                |p: &pb::NetworkProtocol| p.as_str_name(),
-            );
-            // A connect_result is the outcome of a connect already counted: names only.
-            if outbound {
-                tx.prepare_cached(
-                    "INSERT INTO inv_destinations VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1)
-                     ON CONFLICT DO UPDATE SET first_ns = min(first_ns, ?5),
-                        last_ns = max(last_ns, ?5), connects = connects + 1",
-                )?
-                .execute(params![id.id, protocol, dst.ip, dst.port, time_ns])?;
-            }
-            for name in &n.dst_dns_names {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO inv_destination_names VALUES (?1, ?2, ?3, ?4, ?5)",
-                )?
-                .execute(params![id.id, protocol, dst.ip, dst.port, name])?;
-            }
-        }
-        _ => {}
-    }
-    Ok(())
+    batch.write(tx, node)
 }
 
 /// The sensor's name of an identity kind (`kubernetes_service_account`, `unix_user`, ...).

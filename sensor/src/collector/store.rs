@@ -201,12 +201,12 @@ impl Store {
                     cols.path,
                     blob,
                 ])?;
-                super::inventory::record(&tx, &sensor.node_name, cols.time_ns, &ev)
-                    .context("updating the inventory")?;
                 c.stored.push((tx.last_insert_rowid(), Arc::new(ev)));
                 stored += 1;
             }
         }
+        super::inventory::record(&tx, &sensor.node_name, c.stored.iter().map(|(_, e)| &**e))
+            .context("updating the inventory")?;
         tx.execute(
             "INSERT INTO streams (sensor_id, stream_id, durable, stored, duplicates, lost, gaps,
                                   node, boot_id, last_seen_ns)
