@@ -61,11 +61,11 @@ mod tests {
 
     use super::v1::{
         self, Ack, Ancestor, CloseReason, CredChange, CredSyscall, CredentialEndpoint,
-        CredentialVar, Credentials, Device, Direction, Errno, Event, EventBatch, EventKind, Exec,
-        Exit, FileAccess, FileClose, FileMatch, FileOpen, FilePath, Fork, KernelStats, Loss,
-        LossReason, Namespaces, Network, NetworkProtocol, NetworkResult, Process, SensorIdentity,
-        SensorStats, SocketAddress, SpoolStats, StringList, SubscribeRequest, UnixConnect,
-        event::Payload,
+        CredentialVar, Credentials, Device, Direction, Dns, DnsAnswer, Errno, Event, EventBatch,
+        EventKind, Exec, Exit, FileAccess, FileClose, FileMatch, FileOpen, FilePath, Fork,
+        InventoryRequest, InventoryResponse, KernelStats, Loss, LossReason, Namespaces, Network,
+        NetworkProtocol, NetworkResult, Process, SensorIdentity, SensorStats, SocketAddress,
+        SpoolStats, StringList, SubscribeRequest, UnixConnect, event::Payload,
     };
 
     fn sensor() -> SensorIdentity {
@@ -339,6 +339,8 @@ mod tests {
                     filtered_in_userspace: 2,
                     orphan_results: 0,
                     processes_tracked: 312,
+                    dns_malformed: 2,
+                    dns_cache_evicted: 0,
                     spool: Some(SpoolStats {
                         bytes: 4096,
                         unacked: 3,
@@ -394,6 +396,29 @@ mod tests {
                     }],
                 }),
             ),
+            event(
+                16,
+                EventKind::NetworkDns,
+                Payload::Dns(Dns {
+                    query: "api.example.test".into(),
+                    query_type: "A".into(),
+                    rcode: "NOERROR".into(),
+                    id: 4660,
+                    answers: vec![DnsAnswer {
+                        name: "api.example.test".into(),
+                        r#type: "A".into(),
+                        data: "192.0.2.10".into(),
+                        ttl: 60,
+                    }],
+                    resolver: Some(SocketAddress {
+                        ip: "127.0.0.53".into(),
+                        port: 53,
+                    }),
+                    client: None,
+                    cgroup_id: 42,
+                    truncated: false,
+                }),
+            ),
         ]
     }
 
@@ -420,12 +445,13 @@ mod tests {
                 Payload::Unix(_) => "unix",
                 Payload::Loss(_) => "loss",
                 Payload::Finding(_) => "finding",
+                Payload::Dns(_) => "dns",
             };
             payloads_seen.insert(name);
         }
         assert_eq!(
             payloads_seen.len(),
-            11,
+            12,
             "one event per payload: {payloads_seen:?}"
         );
 
@@ -604,6 +630,13 @@ mod tests {
                 }
             });
             Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        }
+
+        async fn inventory(
+            &self,
+            _request: Request<InventoryRequest>,
+        ) -> Result<Response<InventoryResponse>, Status> {
+            Err(Status::unimplemented("no store in this test collector"))
         }
     }
 

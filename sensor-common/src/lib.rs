@@ -58,6 +58,7 @@ pub enum EventKind {
     NetUdpSend = 202,
     NetAccept = 203,
     NetUnixConnect = 204,
+    NetDns = 205,
 }
 
 impl EventKind {
@@ -74,6 +75,7 @@ impl EventKind {
             202 => Self::NetUdpSend,
             203 => Self::NetAccept,
             204 => Self::NetUnixConnect,
+            205 => Self::NetDns,
             _ => return None,
         })
     }
@@ -432,6 +434,31 @@ pub struct NetAcceptEvent {
     pub protocol: u32,
 }
 
+/// Bytes of a DNS message captured, at most: RFC 1035's classic UDP limit. Larger (EDNS)
+/// responses keep their first 512 bytes: the question and the first answers, which is what
+/// names a connection; the rest is reported as truncated.
+pub const DNS_PAYLOAD_LEN: usize = 512;
+
+/// A UDP datagram from port 53 received by a local socket: a DNS response, parsed in
+/// userspace. Captured on cgroup ingress (softirq): there is no process, only the receiving
+/// socket's cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct NetDnsEvent {
+    pub header: EventHeader,
+    /// cgroup v2 id of the receiving socket (`bpf_skb_cgroup_id`).
+    pub cgroup_id: u64,
+    /// The resolver (packet source).
+    pub src: SockAddr,
+    /// The receiver (packet destination).
+    pub dst: SockAddr,
+    /// Length of the DNS message (UDP payload) on the wire.
+    pub msg_len: u32,
+    /// Bytes of it in `payload`.
+    pub captured: u32,
+    pub payload: [u8; DNS_PAYLOAD_LEN],
+}
+
 /// Bytes of a Unix socket path (`sizeof(sun_path)` is 108), rounded up to keep records aligned.
 pub const UNIX_PATH_LEN: usize = 112;
 
@@ -628,6 +655,10 @@ mod tests {
             size_of::<NetAcceptEvent>(),
             16 + size_of::<TaskInfo>() + 2 * size_of::<SockAddr>() + 8
         );
+        assert_eq!(
+            size_of::<NetDnsEvent>(),
+            16 + 8 + 2 * size_of::<SockAddr>() + 8 + DNS_PAYLOAD_LEN
+        );
         assert_eq!(size_of::<KernelOffsets>() % 4, 0);
     }
 
@@ -645,6 +676,7 @@ mod tests {
             EventKind::NetUdpSend,
             EventKind::NetAccept,
             EventKind::NetUnixConnect,
+            EventKind::NetDns,
         ] {
             assert_eq!(EventKind::from_u32(kind as u32), Some(kind));
         }

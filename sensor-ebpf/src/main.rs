@@ -10,6 +10,7 @@
 // and copying them by value would spend the 512-byte BPF stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod dns;
 mod emit;
 mod file;
 mod kread;
@@ -20,10 +21,13 @@ mod process;
 mod scratch;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, cgroup_sock_addr, fentry, fexit, lsm, raw_tracepoint, tracepoint},
+    macros::{
+        btf_tracepoint, cgroup_skb, cgroup_sock_addr, fentry, fexit, lsm, raw_tracepoint,
+        tracepoint,
+    },
     programs::{
         BtfTracePointContext, FEntryContext, FExitContext, LsmContext, RawTracePointContext,
-        SockAddrContext, TracePointContext,
+        SkBuffContext, SockAddrContext, TracePointContext,
     },
 };
 use sensor_common::{OpenArgs, SYSCALL_NONE};
@@ -165,6 +169,15 @@ pub fn file_close_enter(ctx: TracePointContext) -> u32 {
 }
 
 // ---- network ----
+
+/// DNS responses received by local sockets. Returns 1 (pass) for every packet: the sensor
+/// observes, it never filters traffic.
+#[cgroup_skb(ingress)]
+#[inline(always)]
+pub fn dns_ingress(ctx: SkBuffContext) -> i32 {
+    dns::ingress(&ctx);
+    1
+}
 
 #[cgroup_sock_addr(connect4)]
 #[inline(always)]

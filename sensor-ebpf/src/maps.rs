@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use sensor_common::{
-    Counter, Creds, FdKey, FdState, NameKeyData, NetResultEvent, OpenArgs, OpenDedupeKey,
-    OpenDedupeState, PrefixKeyData, SETTINGS_LEN, UdpFlowKey, UnixConnectArgs, UnixPathKey,
+    Counter, Creds, FdKey, FdState, NameKeyData, NetDnsEvent, NetResultEvent, OpenArgs,
+    OpenDedupeKey, OpenDedupeState, PrefixKeyData, SETTINGS_LEN, UdpFlowKey, UnixConnectArgs,
+    UnixPathKey,
 };
 
 use crate::scratch::{EventScratch, NameScratch, PathScratch};
@@ -105,6 +106,11 @@ pub static EVENT_SCRATCH: PerCpuArray<EventScratch> = PerCpuArray::with_max_entr
 /// that is using `EVENT_SCRATCH` on the same CPU.
 #[map]
 pub static RESULT_SCRATCH: PerCpuArray<NetResultEvent> = PerCpuArray::with_max_entries(1, 0);
+
+/// Scratch for DNS responses: built in softirq context, possibly on top of a program using
+/// another scratch on the same CPU, and too large for the stack.
+#[map]
+pub static DNS_SCRATCH: PerCpuArray<NetDnsEvent> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static PATH_SCRATCH: PerCpuArray<PathScratch> = PerCpuArray::with_max_entries(1, 0);

@@ -41,6 +41,9 @@ pub enum Command {
     Collector(Box<crate::collector::CollectorArgs>),
     /// Query a store (the collector's, or `run`'s embedded one).
     Events(crate::collector::query::EventsArgs),
+    /// The identity inventory of a store: identities, their credentials, workloads, binaries,
+    /// users, hosts and destinations, with lifecycle flags (orphan, never rotated, shared).
+    Inventory(crate::collector::inventory::InventoryArgs),
     /// Config file tools.
     #[command(subcommand)]
     Config(ConfigCommand),

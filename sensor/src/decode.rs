@@ -3,7 +3,7 @@
 
 use sensor_common::{
     CredChangeEvent, EventHeader, EventKind, ExecEvent, ExitEvent, FileCloseEvent, FileOpenEvent,
-    ForkEvent, NetAcceptEvent, NetConnectEvent, NetResultEvent, NetUnixEvent,
+    ForkEvent, NetAcceptEvent, NetConnectEvent, NetDnsEvent, NetResultEvent, NetUnixEvent,
 };
 
 #[derive(Debug)]
@@ -31,6 +31,8 @@ pub enum KernelEvent {
     ConnectResult(NetResultEvent),
     Accept(NetAcceptEvent),
     UnixConnect(NetUnixEvent),
+    /// Boxed: the captured message makes it the largest variant by far.
+    Dns(Box<NetDnsEvent>),
 }
 
 /// Bytes that may hold secrets (environment values). Only names and keyed fingerprints derived
@@ -149,6 +151,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent, DecodeError> {
         }
         EventKind::NetAccept => KernelEvent::Accept(read_struct(bytes, "accept")?),
         EventKind::NetUnixConnect => KernelEvent::UnixConnect(read_struct(bytes, "unix_connect")?),
+        EventKind::NetDns => KernelEvent::Dns(Box::new(read_struct(bytes, "dns")?)),
     })
 }
 

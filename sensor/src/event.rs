@@ -30,6 +30,8 @@ pub struct Event {
     pub stats: Option<Stats>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unix: Option<Unix>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
     /// The workload of `process` (present whenever `process` is).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub workload: Option<crate::workload::Workload>,
@@ -59,6 +61,7 @@ impl Event {
             network: None,
             stats: None,
             unix: None,
+            dns: None,
             workload: None,
             identity: None,
             credential: None,
@@ -293,6 +296,32 @@ pub struct Network {
     /// Vault).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<crate::endpoints::CredentialEndpoint>,
+    /// Names `dst.ip` was a DNS answer for, seen by the same cgroup before (README, "DNS").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dst_dns_names: Vec<String>,
+}
+
+/// A DNS response received by a local socket (`network.dns`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Dns {
+    pub query: String,
+    pub query_type: String,
+    pub rcode: String,
+    pub id: u16,
+    pub answers: Vec<DnsAnswer>,
+    pub resolver: Endpoint,
+    pub client: Endpoint,
+    pub cgroup_id: u64,
+    pub truncated: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DnsAnswer {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub rtype: String,
+    pub data: String,
+    pub ttl: u32,
 }
 
 /// A connect to a watched Unix socket.
@@ -322,6 +351,10 @@ pub struct Stats {
     /// Connect outcomes whose connect was never seen (e.g. reported before the sensor started).
     pub orphan_results: u64,
     pub processes_tracked: usize,
+    /// DNS responses that did not parse (skipped).
+    pub dns_malformed: u64,
+    /// DNS answers evicted from the full names cache.
+    pub dns_cache_evicted: u64,
     #[serde(rename = "final")]
     pub is_final: bool,
     /// The exporter's spool (when shipping to a collector).

@@ -12,8 +12,8 @@ use anyhow::Context as _;
 use aya::{
     Btf, Ebpf,
     programs::{
-        BtfTracePoint, CgroupAttachMode, CgroupSockAddr, FEntry, FExit, Lsm, RawTracePoint,
-        TracePoint,
+        BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, FEntry,
+        FExit, Lsm, RawTracePoint, TracePoint,
     },
 };
 
@@ -27,6 +27,7 @@ pub enum HookKind {
     RawTracepoint,
     Tracepoint,
     CgroupSockAddr,
+    CgroupSkb,
 }
 
 impl fmt::Display for HookKind {
@@ -38,6 +39,7 @@ impl fmt::Display for HookKind {
             HookKind::RawTracepoint => "raw-tracepoint",
             HookKind::Tracepoint => "tracepoint",
             HookKind::CgroupSockAddr => "cgroup-sock-addr",
+            HookKind::CgroupSkb => "cgroup-skb",
         })
     }
 }
@@ -69,6 +71,8 @@ enum Attach {
     },
     /// Programs attached to the root of the cgroup v2 hierarchy (every process below it).
     Cgroup { programs: &'static [&'static str] },
+    /// A `cgroup_skb/ingress` program on the root of the cgroup v2 hierarchy.
+    CgroupIngress { program: &'static str },
     /// Not implemented by this build: only the program type is probed.
     ProbeOnly { program: &'static str },
 }
@@ -358,6 +362,18 @@ const JOBS: &[Job] = &[
         }],
     },
     Job {
+        name: "dns",
+        what: "DNS responses received (UDP from port 53), to name the destinations of connects",
+        required: false,
+        candidates: &[Candidate {
+            kind: HookKind::CgroupSkb,
+            label: "cgroup_skb/ingress on the cgroup v2 root",
+            attach: &[Attach::CgroupIngress {
+                program: "dns_ingress",
+            }],
+        }],
+    },
+    Job {
         name: "connect-return",
         what: "connects that fail before sending a SYN; connects to watched Unix sockets",
         required: false,
@@ -642,6 +658,22 @@ fn attach_one(
                         format!("attaching `{program}` to {}", cgroup_root.display())
                     })?;
             }
+        }
+        Attach::CgroupIngress { program } => {
+            let cgroup = File::open(cgroup_root)
+                .with_context(|| format!("opening cgroup v2 root {}", cgroup_root.display()))?;
+            let prog: &mut CgroupSkb = program_mut(ebpf, program)?.try_into()?;
+            prog.load()
+                .with_context(|| format!("loading `{program}`"))?;
+            // A BPF link (as for the sock_addr programs above): it coexists with other
+            // programs on the root and goes away with the sensor. The program passes every
+            // packet, so it never changes what other programs decide.
+            prog.attach(
+                &cgroup,
+                CgroupSkbAttachType::Ingress,
+                CgroupAttachMode::Single,
+            )
+            .with_context(|| format!("attaching `{program}` to {}", cgroup_root.display()))?;
         }
         Attach::ProbeOnly { .. } => {}
     }

@@ -212,6 +212,11 @@ impl Resolver {
         self
     }
 
+    /// The workload of a cgroup (for events without a process, e.g. `network.dns`).
+    pub fn workload_of_cgroup(&mut self, cgroup_id: u64, cgroup: Option<&str>) -> Workload {
+        (*self.workload(cgroup_id, cgroup)).clone()
+    }
+
     fn workload(&mut self, cgroup_id: u64, cgroup: Option<&str>) -> Arc<Workload> {
         if let Some((w, _)) = self.workloads.get(&cgroup_id) {
             return w.clone();

@@ -9,6 +9,7 @@ mod config;
 mod credentials;
 mod decode;
 mod detect;
+mod dns;
 mod ebpf;
 mod endpoints;
 mod env_vars;
@@ -77,6 +78,7 @@ fn main() -> std::process::ExitCode {
             runtime().and_then(|rt| rt.block_on(collector::run(*args)))
         }
         cli::Command::Events(args) => collector::query::run(&args),
+        cli::Command::Inventory(args) => collector::inventory::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

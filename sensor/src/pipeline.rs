@@ -83,6 +83,7 @@ struct LocalCounters {
     decode_errors: u64,
     filtered: u64,
     orphan_results: u64,
+    dns_malformed: u64,
 }
 
 pub struct Pipeline<W: Write> {
@@ -116,6 +117,8 @@ pub struct Pipeline<W: Write> {
     /// The detection rules, shown every emitted event; `None`: detections off.
     detector: Option<crate::detect::Detector>,
     dedupe: OpenDedupe,
+    /// DNS answers per (cgroup, address), to name later connects.
+    dns: crate::dns::Cache,
 }
 
 pub struct PipelineParts {
@@ -183,6 +186,7 @@ impl<W: Write> Pipeline<W> {
             metrics,
             detector,
             dedupe,
+            dns: crate::dns::Cache::default(),
         }
     }
 
@@ -483,6 +487,7 @@ impl<W: Write> Pipeline<W> {
                     result: if tcp { "pending" } else { "connected" },
                     error: None,
                     endpoint: self.endpoints.classify(ip, ev.dst.port),
+                    dst_dns_names: self.dns.names(ev.task.cgroup_id, ip),
                 });
                 if tcp {
                     self.pending.insert(
@@ -514,10 +519,12 @@ impl<W: Write> Pipeline<W> {
                     result: "sent",
                     error: None,
                     endpoint: self.endpoints.classify(ip, ev.dst.port),
+                    dst_dns_names: self.dns.names(ev.task.cgroup_id, ip),
                 });
                 self.emit(&mut out)?;
             }
             KernelEvent::ConnectResult(r) => self.connect_result(r)?,
+            KernelEvent::Dns(ev) => self.dns_response(&ev)?,
             KernelEvent::UnixConnect(ev) => {
                 let raw = &ev.path[..(ev.path_len as usize).min(ev.path.len())];
                 let (shown, is_abstract) = crate::unix_sockets::display_path(raw);
@@ -565,6 +572,7 @@ impl<W: Write> Pipeline<W> {
                     result: "accepted",
                     error: None,
                     endpoint: None,
+                    dst_dns_names: Vec::new(),
                 });
                 self.emit(&mut out)?;
             }
@@ -771,7 +779,65 @@ impl<W: Write> Pipeline<W> {
             result,
             error,
             endpoint: self.endpoints.classify(dst_ip, r.dst.port),
+            dst_dns_names: out
+                .process
+                .as_ref()
+                .map(|p| self.dns.names(p.cgroup_id, dst_ip))
+                .unwrap_or_default(),
         });
+        self.emit(&mut out)
+    }
+
+    /// A DNS response received in some cgroup: remembered to name that cgroup's later
+    /// connects, and reported. A message that does not parse is counted and skipped.
+    fn dns_response(&mut self, ev: &sensor_common::NetDnsEvent) -> std::io::Result<()> {
+        let captured = &ev.payload[..(ev.captured as usize).min(ev.payload.len())];
+        let msg = match crate::dns::parse(captured) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.dns_malformed += 1;
+                tracing::debug!(error = %e, cgroup_id = ev.cgroup_id, "unparsable DNS response skipped");
+                return Ok(());
+            }
+        };
+        self.dns.insert(ev.cgroup_id, &msg, Instant::now());
+        let endpoint = |a: &sensor_common::SockAddr| Endpoint {
+            ip: event::ip_of(a.family, &a.addr).0.to_string(),
+            port: a.port,
+        };
+        let answers = msg
+            .answers
+            .iter()
+            .map(|a| event::DnsAnswer {
+                name: a.name.clone(),
+                rtype: crate::dns::type_name(a.rtype),
+                data: match &a.data {
+                    crate::dns::AnswerData::Addr(ip) => ip.to_string(),
+                    crate::dns::AnswerData::Cname(n) => n.clone(),
+                },
+                ttl: a.ttl,
+            })
+            .collect();
+        let mut out = self.new_event("network.dns", ev.header.boot_ns);
+        out.dns = Some(event::Dns {
+            query: msg.query,
+            query_type: crate::dns::type_name(msg.qtype),
+            rcode: crate::dns::rcode_name(msg.rcode),
+            id: msg.id,
+            answers,
+            resolver: endpoint(&ev.src),
+            client: endpoint(&ev.dst),
+            cgroup_id: ev.cgroup_id,
+            truncated: msg.truncated || ev.msg_len > ev.captured,
+        });
+        let path = self
+            .cgroups
+            .lookup(ev.cgroup_id)
+            .map(|p| p.to_string_lossy().into_owned());
+        out.workload = Some(
+            self.resolver
+                .workload_of_cgroup(ev.cgroup_id, path.as_deref()),
+        );
         self.emit(&mut out)
     }
 
@@ -955,6 +1021,8 @@ impl<W: Write> Pipeline<W> {
             filtered_in_userspace: self.counters.filtered,
             orphan_results: self.counters.orphan_results,
             processes_tracked: self.table.len(),
+            dns_malformed: self.counters.dns_malformed,
+            dns_cache_evicted: self.dns.evicted,
             is_final,
             spool: self.exporter.as_ref().map(|x| {
                 let s = x.spool_stats();

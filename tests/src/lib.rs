@@ -22,8 +22,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
+pub mod cgroups;
 pub mod pods;
 pub mod shipping;
+
+pub use cgroups::CgroupGuard;
 
 /// Default bound for waiting on one event or one actor step.
 pub const WAIT: Duration = Duration::from_secs(10);

@@ -17,7 +17,8 @@ use std::process::Command;
 use std::sync::MutexGuard;
 use std::time::Duration;
 
-use nhi_sensor_tests::pods::{CgroupGuard, kubelet_pod, mint_jwt, projected_claims};
+use nhi_sensor_tests::cgroups::CgroupGuard;
+use nhi_sensor_tests::pods::{kubelet_pod, mint_jwt, projected_claims};
 use nhi_sensor_tests::{
     Actor, Sensor, TempDir, WAIT, actor_bin, actor_command, get, get_str, is_kind, spawn_actor,
 };

@@ -19,9 +19,10 @@ use std::process::Command;
 use std::sync::MutexGuard;
 
 use base64::Engine as _;
-use nhi_sensor_tests::pods::{CgroupGuard, cgroup2_root, kubelet_pod, mint_jwt, projected_claims};
+use nhi_sensor_tests::pods::{kubelet_pod, mint_jwt, projected_claims};
 use nhi_sensor_tests::{
-    Actor, Sensor, Stopped, TempDir, WAIT, get, get_str, is_kind_pid, run_with_timeout, spawn_actor,
+    Actor, CgroupGuard, Sensor, Stopped, TempDir, WAIT, get, get_str, is_kind_pid,
+    run_with_timeout, spawn_actor,
 };
 use serde_json::{Value, json};
 
@@ -317,7 +318,7 @@ fn systemd_service_and_host_identities() {
     let unit = format!("nhi-test-{}.service", std::process::id());
     let mut cgroups = CgroupGuard::new();
     let group = cgroups.create(&format!("system.slice/{unit}"));
-    let root = cgroup2_root();
+    let root = nhi_sensor_tests::cgroups::cgroup2_root();
     let file = d.write("probe.txt", b"x");
     let watch = format!("{}/", s(d.path()));
     let sensor = start_sensor(&d, &["--watch", &watch]);

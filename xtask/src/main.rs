@@ -319,8 +319,9 @@ fn integration_tests(
         "--test",
         "identity",
     ]);
-    // The pipeline (gRPC, spool, collector, its Kafka sink) does not depend on the hook
-    // family: once.
+    // The pipeline (gRPC, spool, collector, its Kafka sink) and the inventory (store
+    // aggregates, DNS on cgroup ingress, which has no fallback family) do not depend on the
+    // hook family: once.
     if disable.is_none() {
         cmd.args([
             "--test",
@@ -329,6 +330,7 @@ fn integration_tests(
             "operations",
             "--test",
             "detections",
+            "inventory",
         ]);
     }
     cmd.arg("--").arg("--test-threads=1");

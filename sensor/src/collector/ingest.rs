@@ -145,6 +145,40 @@ impl Collector for IngestService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+
+    async fn inventory(
+        &self,
+        request: Request<pb::InventoryRequest>,
+    ) -> Result<Response<pb::InventoryResponse>, Status> {
+        let pb::InventoryRequest {
+            unused_days,
+            rotation_days_default,
+            rotation_days,
+        } = request.into_inner();
+        let defaults = super::inventory::PolicyArgs {
+            unused_days: super::inventory::DEFAULT_UNUSED_DAYS,
+            rotation_days: super::inventory::DEFAULT_ROTATION_DAYS,
+            rotation: Vec::new(),
+        };
+        let mut policy = super::inventory::Policy::from_args(&defaults);
+        if unused_days > 0 {
+            policy.unused_days = unused_days;
+        }
+        if rotation_days_default > 0 {
+            policy.rotation_days_default = rotation_days_default;
+        }
+        policy.rotation_days.extend(rotation_days);
+        let store = self.0.store.clone();
+        let inv = tokio::task::spawn_blocking(move || {
+            let conn = store.reader()?;
+            super::inventory::build(&conn, policy, super::store::now_ns())
+        })
+        .await
+        .map_err(|e| Status::internal(format!("inventory task: {e}")))?
+        .map_err(|e| Status::internal(format!("{e:#}")))?;
+        let json = serde_json::to_string(&inv).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::InventoryResponse { json }))
+    }
 }
 
 impl Ingest {

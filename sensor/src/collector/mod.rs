@@ -5,6 +5,7 @@
 
 mod fleet;
 mod ingest;
+pub mod inventory;
 pub mod kafka;
 pub mod metrics;
 pub mod ocsf;

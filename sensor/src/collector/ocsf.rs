@@ -13,6 +13,7 @@
 //! | `network.connect`, `.connect_result`, `.accept` | Network Activity (4001) | Open (1)    |
 //! | `network.udp_send`      | Network Activity (4001)     | Traffic (6)                         |
 //! | `network.unix_connect`  | Network Activity (4001)     | Open (1), `dst_endpoint.name` = path |
+//! | `network.dns`           | DNS Activity (4003)         | Response (2), `query`, `answers`, `rcode_id`; no actor |
 //! | `sensor.stats`          | Event Log Activity (1008)   | Other (99) "Stats"; final: Stop (7) |
 //! | `sensor.loss`           | Event Log Activity (1008)   | Other (99) "Events Lost"            |
 //! | unknown kind            | Base Event (0)              | Other (99)                          |
@@ -92,6 +93,7 @@ type Class = (u32, &'static str, u32, &'static str);
 const PROCESS_ACTIVITY: Class = (1007, "Process Activity", 1, "System Activity");
 const FILE_ACTIVITY: Class = (1001, "File System Activity", 1, "System Activity");
 const NETWORK_ACTIVITY: Class = (4001, "Network Activity", 4, "Network Activity");
+const DNS_ACTIVITY: Class = (4003, "DNS Activity", 4, "Network Activity");
 const EVENT_LOG_ACTIVITY: Class = (1008, "Event Log Activity", 1, "System Activity");
 const BASE_EVENT: Class = (0, "Base Event", 0, "Uncategorized");
 const DETECTION_FINDING: Class = (2004, "Detection Finding", 2, "Findings");
@@ -143,6 +145,7 @@ pub fn to_ocsf(ev: &pb::Event) -> Value {
         (Some(Payload::Stats(x)), _) if kind == K::SensorStats => stats(ev, x),
         (Some(Payload::Loss(x)), _) if kind == K::SensorLoss => loss(ev, x),
         (Some(Payload::Finding(x)), _) if kind == K::Finding => finding(ev, x),
+        (Some(Payload::Dns(x)), _) if kind == K::NetworkDns => dns(ev, x),
         _ => (
             BASE_EVENT,
             OTHER,
@@ -346,6 +349,44 @@ fn file_close(p: &pb::Process, x: &pb::FileClose, kind: K) -> Mapped {
     }
 }
 
+/// A DNS response a local socket received: `src_endpoint` is the local client (the side that
+/// asked), `dst_endpoint` the resolver. No actor: it was captured in softirq context; the
+/// receiving cgroup's workload is in `unmapped.workload`.
+fn dns(ev: &pb::Event, x: &pb::Dns) -> Mapped {
+    let rcode_id = match x.rcode.as_str() {
+        "NOERROR" => 0,
+        "FORMERR" => 1,
+        "SERVFAIL" => 2,
+        "NXDOMAIN" => 3,
+        "NOTIMP" => 4,
+        "REFUSED" => 5,
+        _ => OTHER,
+    };
+    let v6 = x.resolver.as_ref().is_some_and(|r| ip(&r.ip).contains(':'));
+    let answers: Vec<Value> = x
+        .answers
+        .iter()
+        .map(|a| json!({"rdata": a.data, "type": a.r#type, "ttl": a.ttl, "class": "IN", "packet_uid": x.id}))
+        .collect();
+    let o = json!({
+        "query": {"hostname": x.query, "type": x.query_type, "class": "IN", "packet_uid": x.id},
+        "answers": answers,
+        "rcode_id": rcode_id, "rcode": x.rcode,
+        "src_endpoint": endpoint(x.client.as_ref()),
+        "dst_endpoint": endpoint(x.resolver.as_ref()),
+        "connection_info": {
+            "direction_id": 2, "direction": "Outbound", "protocol_name": "udp",
+            "protocol_num": 17, "protocol_ver_id": if v6 { 6 } else { 4 },
+        },
+        "message": format!("DNS {} {}: {} ({} answers)", x.query_type, x.query, x.rcode, x.answers.len()),
+        "unmapped": {
+            "dns": {"cgroup_id": x.cgroup_id, "truncated": x.truncated},
+            "workload": ev.workload.as_ref().map(workload_unmapped),
+        },
+    });
+    (DNS_ACTIVITY, 2, "Response", o)
+}
+
 fn network(p: &pb::Process, x: &pb::Network, kind: K) -> Mapped {
     use pb::{AddressFamily as F, Direction as D, NetworkProtocol as P, NetworkResult as R};
     let result = enum_str(x.result, "NETWORK_RESULT_", pb::NetworkResult::as_str_name);
@@ -375,6 +416,7 @@ fn network(p: &pb::Process, x: &pb::Network, kind: K) -> Mapped {
     let mut dst = endpoint(x.dst.as_ref());
     if dst.is_object() {
         dst["svc_name"] = json!(x.endpoint.as_ref().map(service_name));
+        dst["hostname"] = json!(x.dst_dns_names.first());
     }
     let peer = |a: &Option<pb::SocketAddress>| {
         a.as_ref()
@@ -399,6 +441,7 @@ fn network(p: &pb::Process, x: &pb::Network, kind: K) -> Mapped {
             "family": enum_str(x.family, "ADDRESS_FAMILY_", pb::AddressFamily::as_str_name),
             "error": x.error.as_ref().map(|e| json!({"errno": e.errno, "name": e.name})),
             "endpoint": x.endpoint.as_ref().map(|e| json!({"kind": e.kind, "service": e.service})),
+            "dst_dns_names": x.dst_dns_names,
         }},
     });
     match kind {
@@ -455,6 +498,7 @@ fn stats(ev: &pb::Event, x: &pb::SensorStats) -> Mapped {
         "kernel_drops": x.kernel_drops, "decoded": x.decoded, "decode_errors": x.decode_errors,
         "final": x.r#final, "filtered_in_userspace": x.filtered_in_userspace,
         "orphan_results": x.orphan_results, "processes_tracked": x.processes_tracked,
+        "dns_malformed": x.dns_malformed, "dns_cache_evicted": x.dns_cache_evicted,
         "spool": spool,
     }});
     match x.r#final {
@@ -754,7 +798,7 @@ fn credential_unmapped(c: &pb::Credential) -> Value {
 
 /// A credential's identifiers as JSON (their values are JSON text; one that is not stays a
 /// string).
-fn identifiers(c: &pb::Credential) -> Map<String, Value> {
+pub(super) fn identifiers(c: &pb::Credential) -> Map<String, Value> {
     let parse = |v: &str| serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.into()));
     let ids = c.identifiers.iter();
     ids.map(|(k, v)| (k.clone(), parse(v))).collect()
@@ -850,7 +894,11 @@ fn hex(v: u64) -> String {
 
 /// The sensor's JSON name of a proto enum value ("NETWORK_RESULT_TIMED_OUT" → "timed_out");
 /// values this build does not know are shown as their number.
-fn enum_str<E: TryFrom<i32>>(v: i32, prefix: &str, as_str: fn(&E) -> &'static str) -> String {
+pub(super) fn enum_str<E: TryFrom<i32>>(
+    v: i32,
+    prefix: &str,
+    as_str: fn(&E) -> &'static str,
+) -> String {
     match E::try_from(v) {
         Ok(e) => as_str(&e)
             .strip_prefix(prefix)

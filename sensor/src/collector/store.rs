@@ -122,6 +122,7 @@ impl Store {
         let path = db_path(dir);
         let conn = open_conn(&path, sync_full)?;
         conn.execute_batch(SCHEMA)
+            .and_then(|()| conn.execute_batch(super::inventory::SCHEMA))
             .with_context(|| format!("creating the schema in {}", path.display()))?;
         Ok(Self {
             writer: Arc::new(Mutex::new(conn)),
@@ -211,6 +212,8 @@ impl Store {
                 stored += 1;
             }
         }
+        super::inventory::record(&tx, &sensor.node_name, c.stored.iter().map(|(_, e)| &**e))
+            .context("updating the inventory")?;
         tx.prepare_cached(
             "INSERT INTO streams (sensor_id, stream_id, durable, stored, duplicates, lost, gaps,
                                   node, boot_id, last_seen_ns)
@@ -367,7 +370,7 @@ pub fn streams(conn: &Connection) -> anyhow::Result<Vec<StreamRow>> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-fn now_ns() -> i64 {
+pub(super) fn now_ns() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -436,6 +439,7 @@ pub fn kind_name(k: pb::EventKind) -> &'static str {
         K::SensorStats => "sensor.stats",
         K::SensorLoss => "sensor.loss",
         K::Finding => "finding",
+        K::NetworkDns => "network.dns",
         K::Unspecified => "unknown",
     }
 }

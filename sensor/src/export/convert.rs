@@ -47,6 +47,7 @@ pub fn kind(kind: &str) -> pb::EventKind {
         "sensor.stats" => K::SensorStats,
         "sensor.loss" => K::SensorLoss,
         "finding" => K::Finding,
+        "network.dns" => K::NetworkDns,
         _ => K::Unspecified,
     }
 }
@@ -289,6 +290,32 @@ fn payload(ev: &event::Event) -> Option<pb::event::Payload> {
     if let Some(f) = &ev.finding {
         return Some(Payload::Finding(finding(f)));
     }
+    if let Some(d) = &ev.dns {
+        let addr = |e: &event::Endpoint| pb::SocketAddress {
+            ip: e.ip.clone(),
+            port: u32::from(e.port),
+        };
+        return Some(Payload::Dns(pb::Dns {
+            query: d.query.clone(),
+            query_type: d.query_type.clone(),
+            rcode: d.rcode.clone(),
+            id: u32::from(d.id),
+            answers: d
+                .answers
+                .iter()
+                .map(|a| pb::DnsAnswer {
+                    name: a.name.clone(),
+                    r#type: a.rtype.clone(),
+                    data: a.data.clone(),
+                    ttl: a.ttl,
+                })
+                .collect(),
+            resolver: Some(addr(&d.resolver)),
+            client: Some(addr(&d.client)),
+            cgroup_id: d.cgroup_id,
+            truncated: d.truncated,
+        }));
+    }
     if let Some(x) = &ev.exec {
         return Some(Payload::Exec(pb::Exec {
             filename: Some(path(&x.filename, None)),
@@ -415,6 +442,8 @@ fn payload(ev: &event::Event) -> Option<pb::event::Payload> {
             filtered_in_userspace: s.filtered_in_userspace,
             orphan_results: s.orphan_results,
             processes_tracked: s.processes_tracked as u64,
+            dns_malformed: s.dns_malformed,
+            dns_cache_evicted: s.dns_cache_evicted,
             spool: s.spool.as_ref().map(|x| pb::SpoolStats {
                 bytes: x.bytes,
                 unacked: x.unacked,
@@ -455,6 +484,7 @@ fn network(n: &event::Network) -> pb::Network {
         result: network_result(n.result) as i32,
         error: n.error.as_ref().map(errno),
         endpoint: n.endpoint.as_ref().map(endpoint),
+        dst_dns_names: n.dst_dns_names.clone(),
     }
 }
 

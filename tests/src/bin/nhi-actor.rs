@@ -40,6 +40,9 @@ steps (run in order, one JSON line printed on stdout per step):
   --connect-tcp-blocking HOST:PORT
                            plain blocking connect(2) (no timeout); the stream stays open until exit
   --udp-send HOST:PORT     unconnected UDP socket, send_to 4 bytes twice
+  --dns-query HOST:PORT NAME
+                           send a DNS query (type A) for NAME over UDP and wait up to 2 s for
+                           the response; reports its size and rcode
   --connect-unix PATH      connect a Unix stream socket to PATH (kept open until exit)
   --sleep-ms N             sleep N milliseconds
   --wait-stdin             block until a line (or EOF) arrives on stdin
@@ -66,6 +69,7 @@ enum Step {
     ConnectTcp(SocketAddr),
     ConnectTcpBlocking(SocketAddr),
     UdpSend(SocketAddr),
+    DnsQuery(SocketAddr, String),
     SleepMs(u64),
     WaitStdin,
     Exit(i32),
@@ -122,6 +126,14 @@ fn parse(args: Vec<OsString>) -> anyhow::Result<Vec<Step>> {
             "--connect-tcp" => Step::ConnectTcp(parse_addr(&f, it.next())?),
             "--connect-tcp-blocking" => Step::ConnectTcpBlocking(parse_addr(&f, it.next())?),
             "--udp-send" => Step::UdpSend(parse_addr(&f, it.next())?),
+            "--dns-query" => {
+                let addr = parse_addr(&f, it.next())?;
+                let name = it
+                    .next()
+                    .and_then(|n| n.into_string().ok())
+                    .ok_or_else(|| anyhow!("{f} needs HOST:PORT and a UTF-8 NAME"))?;
+                Step::DnsQuery(addr, name)
+            }
             "--connect-unix" => Step::ConnectUnix(parse_path(&f, it.next())?),
             "--sleep-ms" => Step::SleepMs(parse_num(&f, it.next())?),
             "--wait-stdin" => Step::WaitStdin,
@@ -394,6 +406,38 @@ fn run_step(st: &mut State, step: Step) {
         ),
         Step::ConnectTcpBlocking(addr) => {
             connect_report(st, "connect-blocking", addr, TcpStream::connect(addr))
+        }
+        Step::DnsQuery(addr, name) => {
+            let base = json!({"step": "dns-query", "addr": addr.to_string(), "name": name});
+            let bind: SocketAddr = if addr.is_ipv4() {
+                "0.0.0.0:0".parse().expect("literal")
+            } else {
+                "[::]:0".parse().expect("literal")
+            };
+            // Header: id, RD, one question; then the name's labels, type A, class IN.
+            let mut q = vec![0x4e, 0x48, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+            for label in name.split('.') {
+                q.push(label.len() as u8);
+                q.extend_from_slice(label.as_bytes());
+            }
+            q.extend_from_slice(&[0, 0, 1, 0, 1]);
+            let r = UdpSocket::bind(bind).and_then(|s| {
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.send_to(&q, addr)?;
+                let mut buf = [0u8; 1500];
+                let (n, _) = s.recv_from(&mut buf)?;
+                Ok((n, buf.get(3).map_or(0, |b| b & 0x0f)))
+            });
+            match r {
+                Ok((n, rcode)) => {
+                    let mut v = base;
+                    v["ok"] = json!(true);
+                    v["bytes"] = json!(n);
+                    v["rcode"] = json!(rcode);
+                    v
+                }
+                Err(e) => with_err(base, &e),
+            }
         }
         Step::UdpSend(addr) => {
             let base = json!({"step": "udp-send", "addr": addr.to_string()});
