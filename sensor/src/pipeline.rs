@@ -1024,7 +1024,7 @@ impl<W: Write> Pipeline<W> {
             dns_malformed: self.counters.dns_malformed,
             dns_cache_evicted: self.dns.evicted,
             is_final,
-            spool: self.exporter.as_ref().map(|x| {
+            spool: self.exporter.as_mut().map(|x| {
                 let s = x.spool_stats();
                 event::SpoolStats {
                     bytes: s.bytes,

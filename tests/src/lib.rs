@@ -44,8 +44,11 @@ pub fn scaled(d: Duration) -> Duration {
         .unwrap_or(1);
     d * scale
 }
-/// How long [`Sensor::stop`] waits for the sensor to exit after SIGTERM.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long [`Sensor::stop`] waits for the sensor to exit after SIGTERM. At SIGTERM the sensor
+/// still handles every record left in the ring buffer (tens of thousands after a burst test,
+/// a few hundred µs each on a loaded 2-vCPU machine), then gives the collector up to 5 s to
+/// acknowledge: a minute is generous for that and still catches a hang.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 /// The stderr line that tells the sensor is attached and has scanned /proc.
 pub const READY_MARKER: &str = "sensor ready";
 
@@ -630,7 +633,7 @@ impl Sensor {
         }
     }
 
-    /// Sends SIGTERM and waits up to 20 s for the exit (then SIGKILLs and panics).
+    /// Sends SIGTERM and waits up to [`STOP_TIMEOUT`] for the exit (then SIGKILLs and panics).
     pub fn stop(mut self) -> Stopped {
         let child = lock(&self.child).take();
         let Some(mut child) = child else {

@@ -379,8 +379,10 @@ fn spool_overflow_is_reported_exactly() {
         }
     }
     assert_eq!(
-        declared, evicted,
-        "loss records {ranges:?} vs the sensor's count"
+        declared,
+        evicted,
+        "loss records {ranges:?} vs the sensor's count; final stats: {}",
+        stopped.final_stats()
     );
     assert_eq!(
         get_u64(&row, "lost"),

@@ -157,9 +157,18 @@ impl Exporter {
         Ok(())
     }
 
-    /// The spool's counters, for `sensor.stats`.
-    pub fn spool_stats(&self) -> pb::SpoolStats {
-        let s = self.spool.lock().expect("spool mutex").stats();
+    /// The spool's counters, for `sensor.stats`. Spools what is pending and evicts what the
+    /// spool has no room for first, so the counters include every eviction these events
+    /// cause, and the stats event itself (appended next) finds room without evicting.
+    pub fn spool_stats(&mut self) -> pb::SpoolStats {
+        if let Err(e) = self.flush() {
+            tracing::warn!(error = %format!("{e:#}"), "spooling before the stats");
+        }
+        let mut spool = self.spool.lock().expect("spool mutex");
+        if let Err(e) = spool.make_room() {
+            tracing::warn!(error = %format!("{e:#}"), "making room in the spool");
+        }
+        let s = spool.stats();
         pb::SpoolStats {
             bytes: s.bytes,
             unacked: s.unacked_records,

@@ -429,6 +429,17 @@ impl Spool {
         Ok(())
     }
 
+    /// Evicts what is over the size limit now, and rolls a full segment, as the next append
+    /// would: after this, appending one record evicts nothing (unless the record alone fills
+    /// a segment).
+    pub fn make_room(&mut self) -> Result<()> {
+        let newest_bytes = self.segments.back().map_or(0, |s| s.bytes);
+        if self.writer.is_none() || newest_bytes >= self.segment_bytes {
+            self.roll()?;
+        }
+        self.evict_over_limit()
+    }
+
     fn evict_over_limit(&mut self) -> Result<()> {
         let mut doomed = Vec::new();
         while self.total_bytes > self.max_bytes && self.segments.len() > 1 {
