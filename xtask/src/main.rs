@@ -330,6 +330,7 @@ fn integration_tests(
             "operations",
             "--test",
             "detections",
+            "--test",
             "inventory",
         ]);
     }
