@@ -95,6 +95,11 @@ fn try_ingress(ctx: &SkBuffContext) -> Result<(), i64> {
     let n = at_most(msg_len, DNS_PAYLOAD_LEN as u32);
     ev.captured = 0;
     if n > 0 {
+        // Older verifiers (6.1) do not learn `n >= 1` from the test above and refuse a length
+        // that may be 0: derive one that is 1..=512 by construction, behind a volatile read so
+        // LLVM cannot fold the mask away (DNS_PAYLOAD_LEN is a power of two).
+        let m = unsafe { core::ptr::read_volatile(&(n - 1)) };
+        let n = (m & (DNS_PAYLOAD_LEN as u32 - 1)) + 1;
         let r = unsafe {
             bpf_skb_load_bytes(
                 ctx.as_ptr().cast(),
