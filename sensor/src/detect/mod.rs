@@ -197,6 +197,13 @@ impl Detector {
         let Some(p) = &ev.process else {
             return Vec::new();
         };
+        // Only these kinds feed a rule: the others (most of the stream) cost one comparison.
+        if !matches!(
+            ev.kind,
+            "process.exec" | "process.exit" | "file.open" | "network.connect" | "network.udp_send"
+        ) {
+            return Vec::new();
+        }
         let now_s = unix_now();
         let wkey = workload_key(ev, p);
         match ev.kind {
